@@ -1,0 +1,1 @@
+"""dicom-adapter core: config, DICOMweb and DIMSE clients, spool, services; drives plugins."""

@@ -1,0 +1,1 @@
+"""DIMSE (PS3.7) server and client on pynetdicom."""

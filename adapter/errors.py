@@ -1,0 +1,52 @@
+"""The adapter's exception tree; callers decide retry vs dead letter by class, not by message.
+
+    AdapterError
+    +-- ConfigError            bad YAML / flags; names the key path
+    +-- TransientError         worth retrying later (network, timeout, 408, 429, 5xx, PACS busy)
+    +-- PermanentError         retrying will not help (4xx, rejected dataset, refused SOP class)
+"""
+
+from __future__ import annotations
+
+__all__ = ["AdapterError", "ConfigError", "PermanentError", "TransientError"]
+
+
+class AdapterError(Exception):
+    """Base of every error the adapter raises on purpose."""
+
+
+class ConfigError(AdapterError):
+    """The site configuration or the command-line flags are invalid."""
+
+
+class TransientError(AdapterError):
+    """A failure that may go away: retry with backoff.
+
+    ``http_status`` is set for HTTP answers; ``retry_after`` (seconds) when the peer said when.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.retry_after = retry_after
+
+
+class PermanentError(AdapterError):
+    """A failure that retrying will not fix: dead-letter it with its reason."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        failure_reason: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.failure_reason = failure_reason

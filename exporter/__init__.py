@@ -1,0 +1,1 @@
+"""Export plugin: Pub/Sub notifications -> WADO-RS -> C-STORE (or STOW-RS) to a PACS."""
