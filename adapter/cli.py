@@ -1,0 +1,219 @@
+"""The ``dicom-adapter`` command: run, validate, schema, deadletters, and the legacy import/export.
+
+The config is built here, once, from a YAML file or from the Java adapter's flags; nothing deeper
+in the code reads flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from adapter import legacy_flags
+from adapter.config import SiteConfig, load_config, load_config_data
+from adapter.errors import ConfigError
+from adapter.log import configure_logging
+
+__all__ = ["main", "run_site"]
+
+log = logging.getLogger("adapter")
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def _version() -> str:
+    try:
+        return version("dicom-adapter")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dicom-adapter",
+        description="Bridge a PACS (DIMSE) and a DICOMweb store (e.g. the Google Cloud Healthcare "
+        "API), both ways. Configure a site in YAML (see configs/) or pass the Java adapter's "
+        "flags to 'import' / 'export'.",
+        epilog="Legacy: 'dicom-adapter --dimse_aet=IMPORTADAPTER --dimse_port=2575 "
+        "--dicomweb_address=URL' works as 'dicom-adapter import ...'.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the plugins the site YAML enables")
+    run.add_argument("--config", "-c", required=True, type=Path, help="site YAML file")
+    run.add_argument(
+        "--only", action="append", metavar="PLUGIN",
+        help="run only this plugin (repeatable), e.g. one pod per direction on GKE",
+    )
+
+    val = sub.add_parser("validate", help="check a site YAML and exit (0 = valid)")
+    val.add_argument("--config", "-c", required=True, type=Path, help="site YAML file")
+    val.add_argument("--print", action="store_true", help="print the effective config as JSON")
+
+    sub.add_parser("schema", help="print the JSON Schema of the site YAML")
+
+    dl = sub.add_parser("deadletters", help="list, retry or purge dead letters")
+    dl.add_argument("action", choices=["list", "retry", "purge"])
+    dl.add_argument("--config", "-c", required=True, type=Path, help="site YAML file")
+    dl.add_argument("--plugin", help="only this plugin's dead letters (importer, exporter)")
+    dl.add_argument("--id", action="append", dest="ids", metavar="ID", help="only this entry")
+    dl.add_argument("--all", action="store_true", help="every entry (needed for retry/purge)")
+    dl.add_argument("--json", action="store_true", help="machine-readable output")
+
+    for name, what in (("import", "PACS -> DICOMweb"), ("export", "Pub/Sub -> PACS")):
+        sub.add_parser(
+            name, add_help=False,
+            help=f"{what} with the Java adapter's flags ('{name} --help' lists them)",
+        )
+    return parser
+
+
+def run_site(site: SiteConfig, only: Sequence[str] | None = None) -> int:
+    """Build the enabled plugins' services, serve health/metrics, and run until SIGTERM."""
+    from adapter.health import HealthServer
+    from adapter.plugin import PluginContext, discover_plugins
+    from adapter.service import Supervisor
+
+    plugins = discover_plugins()
+    names = [n for n in site.enabled_plugins() if not only or n in only]
+    unknown = [n for n in (only or []) if n not in plugins]
+    if unknown:
+        raise ConfigError(f"--only: unknown plugin {unknown[0]!r} (have: {', '.join(plugins)})")
+    if not names:
+        raise ConfigError(f"{site.source}: no plugin enabled (set importer: or exporter:)")
+    context = PluginContext(site=site)
+    services = []
+    for name in names:
+        services.extend(plugins[name].build(context, site.plugins[name]))
+    supervisor = Supervisor(services)
+    context.stop_event = supervisor.stop_event
+    health = None
+    if site.core.health.enabled:
+        health = HealthServer(site.core.health.bind, site.core.health.port, supervisor.readiness)
+        health.start()
+        log.info("health and metrics on http://%s:%d/", site.core.health.bind, health.port)
+    log.info("dicom-adapter %s running site %r: %s", _version(), site.site, ", ".join(names))
+    try:
+        supervisor.run_forever()
+    finally:
+        if health is not None:
+            health.stop()
+        context.close()
+    return EXIT_OK
+
+
+def _legacy(command: str, argv: Sequence[str]) -> int:
+    if any(a in ("--help", "-h") for a in argv):
+        print(
+            f"usage: dicom-adapter {command} [--flag=value | --flag value] ...\n\n"
+            f"The Java healthcare-dicom-dicomweb-adapter's {command} flags, accepted verbatim:\n"
+            + legacy_flags.flags_help(command)
+        )
+        return EXIT_OK
+    data, _warnings = legacy_flags.translate(argv, command)
+    site = load_config_data(data, source=f"{command} flags")
+    configure_logging(site.core.log.format, site.core.log.level)
+    return run_site(site)
+
+
+def _deadletters(args: argparse.Namespace) -> int:
+    from adapter.plugin import discover_plugins
+
+    site = load_config(args.config)
+    plugins = discover_plugins()
+    if args.action in ("retry", "purge") and not (args.all or args.ids):
+        raise ConfigError(f"deadletters {args.action}: give --id ID or --all")
+    ids = None if args.all else args.ids
+    rows: list[dict[str, Any]] = []
+    for name, cfg in site.plugins.items():
+        if args.plugin and name != args.plugin:
+            continue
+        queue = plugins[name].dead_letters(site.core, cfg)
+        if queue is None:
+            continue
+        if args.action == "list":
+            rows += [dict(vars(e)) for e in queue.list() if ids is None or e.id in ids]
+        elif args.action == "purge":
+            print(f"{name}: purged {queue.purge(ids)}")
+        else:
+            print(f"{name}: requeued {queue.retry(ids)}")
+    if args.action == "list":
+        if args.json:
+            print(json.dumps(rows, indent=2, default=str))
+        else:
+            for r in rows:
+                status = f" http={r['http_status']}" if r.get("http_status") else ""
+                print(f"{r['plugin']}\t{r['id']}\t{r.get('sop_instance_uid') or '-'}"
+                      f"\tattempts={r['attempts']}{status}\t{r['reason']}")
+            print(f"{len(rows)} dead letter(s)")
+    return EXIT_OK
+
+
+def site_schema() -> dict[str, Any]:
+    """JSON Schema of the site YAML: the core keys plus each plugin's section."""
+    from adapter.config import CoreConfig
+    from adapter.plugin import discover_plugins
+
+    schema = CoreConfig.model_json_schema()
+    schema["title"] = "dicom-adapter site configuration"
+    defs = schema.setdefault("$defs", {})
+    for name, plugin in sorted(discover_plugins().items()):
+        sub = plugin.config_model.model_json_schema(ref_template="#/$defs/{model}")
+        defs.update(sub.pop("$defs", {}))
+        defs[sub["title"]] = sub
+        schema["properties"][name] = {"$ref": f"#/$defs/{sub['title']}"}
+    schema["additionalProperties"] = False
+    return schema
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if legacy_flags.is_legacy_import_invocation(args_list):
+            return _legacy("import", args_list)
+        if args_list and args_list[0] in ("import", "export"):
+            return _legacy(args_list[0], args_list[1:])
+        parser = _parser()
+        args = parser.parse_args(args_list)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_CONFIG
+        if args.command == "validate":
+            site = load_config(args.config)
+            if args.print:
+                print(json.dumps(
+                    {"core": site.core.model_dump(mode="json"),
+                     **{k: v.model_dump(mode="json") for k, v in site.plugins.items()}},
+                    indent=2,
+                ))
+            print(f"{args.config}: valid (plugins enabled: "
+                  f"{', '.join(site.enabled_plugins()) or 'none'})")
+            return EXIT_OK
+        if args.command == "schema":
+            print(json.dumps(site_schema(), indent=2, sort_keys=True))
+            return EXIT_OK
+        if args.command == "deadletters":
+            return _deadletters(args)
+        if args.command == "run":
+            site = load_config(args.config)
+            configure_logging(site.core.log.format, site.core.log.level)
+            return run_site(site, args.only)
+        parser.error(f"unknown command {args.command}")
+    except ConfigError as exc:
+        print(f"dicom-adapter: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

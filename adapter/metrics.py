@@ -1,0 +1,310 @@
+"""Prometheus metrics for the adapter, on a dedicated registry served by adapter.health at /metrics.
+
+Every name starts with ``dicom_adapter_``. Labels are low-cardinality by contract: DIMSE service
+names, status codes as ``0xNNNN``, configured AE titles, plugin names and outcome words -- never
+UIDs, file names, patient data or free-form error text.
+
+Usage from other modules::
+
+    from adapter import metrics
+    metrics.DIMSE_REQUESTS_TOTAL.labels(service="C-STORE", status="0x0000").inc()
+    with metrics.DIMSE_REQUEST_DURATION_SECONDS.labels(service="C-STORE").time():
+        ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+
+__all__ = [
+    "ASSOCIATIONS_ACTIVE",
+    "ASSOCIATIONS_TOTAL",
+    "BUILD_INFO",
+    "BYTES_RECEIVED_TOTAL",
+    "DEAD_LETTERS_TOTAL",
+    "DIMSE_REQUESTS_TOTAL",
+    "DIMSE_REQUEST_DURATION_SECONDS",
+    "DIMSE_SERVICES",
+    "EXPORT_DELIVERIES_TOTAL",
+    "EXPORT_LATENCY_SECONDS",
+    "EXPORT_MESSAGES_ACKED_TOTAL",
+    "EXPORT_MESSAGES_DEAD_LETTERED_TOTAL",
+    "EXPORT_MESSAGES_NACKED_TOTAL",
+    "EXPORT_MESSAGES_RECEIVED_TOTAL",
+    "INSTANCES_FAILED_TOTAL",
+    "INSTANCES_RECEIVED_TOTAL",
+    "INSTANCES_SPOOLED_TOTAL",
+    "INSTANCES_UPLOADED_TOTAL",
+    "PREFIX",
+    "REGISTRY",
+    "RETRIES_TOTAL",
+    "SPOOL_BYTES",
+    "SPOOL_DEPTH",
+    "SPOOL_OLDEST_AGE_SECONDS",
+    "UPLOAD_BATCHES_TOTAL",
+    "UPLOAD_BATCH_DURATION_SECONDS",
+    "UPLOAD_RESULTS_TOTAL",
+    "dimse_status_label",
+    "render_latest",
+    "set_spool_bytes_callback",
+    "set_spool_depth_callback",
+    "set_spool_oldest_age_callback",
+]
+
+PREFIX = "dicom_adapter_"
+"""Common prefix of every metric name exported by this module."""
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+"""Dedicated registry: only adapter metrics, no default process/GC collectors from other libs."""
+
+DIMSE_SERVICES: tuple[str, ...] = ("C-ECHO", "C-STORE", "C-FIND", "C-MOVE", "C-GET")
+"""Allowed values of the ``service`` label."""
+
+_FAST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_SLOW_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
+
+
+def dimse_status_label(status: int) -> str:
+    """Format a DIMSE status code as the ``status`` label value, e.g. ``0xA700``."""
+    return f"0x{status & 0xFFFF:04X}"
+
+
+# --- build -------------------------------------------------------------------------------------
+
+BUILD_INFO = Info(
+    "dicom_adapter_build",
+    "Adapter build information (version); set once at startup.",
+    registry=REGISTRY,
+)
+"""Info metric ``dicom_adapter_build_info``; call ``BUILD_INFO.info({"version": ...})``."""
+
+# --- DIMSE associations and requests ----------------------------------------------------------
+
+ASSOCIATIONS_TOTAL = Counter(
+    "dicom_adapter_associations_total",
+    "DIMSE associations requested by peers, by calling AE title and outcome.",
+    ["calling_ae", "outcome"],
+    registry=REGISTRY,
+)
+"""Labels: ``calling_ae`` (configured AE, or ``"other"`` for unknown peers), ``outcome``
+(``accepted`` | ``rejected`` | ``aborted``)."""
+
+ASSOCIATIONS_ACTIVE = Gauge(
+    "dicom_adapter_associations_active",
+    "DIMSE associations currently open.",
+    registry=REGISTRY,
+)
+"""Open associations; ``inc()`` on accept, ``dec()`` on release/abort."""
+
+DIMSE_REQUESTS_TOTAL = Counter(
+    "dicom_adapter_dimse_requests_total",
+    "DIMSE requests handled, by service and returned status.",
+    ["service", "status"],
+    registry=REGISTRY,
+)
+"""Labels: ``service`` (one of DIMSE_SERVICES), ``status`` (``dimse_status_label(code)``)."""
+
+DIMSE_REQUEST_DURATION_SECONDS = Histogram(
+    "dicom_adapter_dimse_request_duration_seconds",
+    "Time to answer a DIMSE request, by service.",
+    ["service"],
+    buckets=_FAST_BUCKETS,
+    registry=REGISTRY,
+)
+"""Label: ``service`` (one of DIMSE_SERVICES)."""
+
+BYTES_RECEIVED_TOTAL = Counter(
+    "dicom_adapter_bytes_received_total",
+    "Bytes of DICOM datasets received over DIMSE.",
+    registry=REGISTRY,
+)
+"""No labels; ``inc(len(dataset_bytes))``."""
+
+# --- importer: instances, spool, upload -------------------------------------------------------
+
+INSTANCES_RECEIVED_TOTAL = Counter(
+    "dicom_adapter_instances_received_total",
+    "Instances received by C-STORE (before spooling).",
+    registry=REGISTRY,
+)
+"""No labels."""
+
+INSTANCES_SPOOLED_TOTAL = Counter(
+    "dicom_adapter_instances_spooled_total",
+    "Instances durably written to the spool.",
+    registry=REGISTRY,
+)
+"""No labels."""
+
+INSTANCES_UPLOADED_TOTAL = Counter(
+    "dicom_adapter_instances_uploaded_total",
+    "Instances accepted by the DICOMweb store (STOW-RS), including already-present conflicts.",
+    registry=REGISTRY,
+)
+"""No labels."""
+
+INSTANCES_FAILED_TOTAL = Counter(
+    "dicom_adapter_instances_failed_total",
+    "Instances that could not be spooled or uploaded, by reason class.",
+    ["reason"],
+    registry=REGISTRY,
+)
+"""Label ``reason``: ``transient`` | ``permanent`` | ``spool_full`` | ``invalid`` | ``other``."""
+
+UPLOAD_BATCHES_TOTAL = Counter(
+    "dicom_adapter_upload_batches_total",
+    "STOW-RS batches sent, by outcome.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+"""Label ``outcome``: ``success`` | ``partial`` | ``transient_error`` | ``permanent_error``."""
+
+UPLOAD_RESULTS_TOTAL = Counter(
+    "dicom_adapter_upload_results_total",
+    "Per-instance STOW-RS results, by outcome.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+"""Label ``outcome``: ``stored`` | ``conflict`` | ``warning`` | ``transient_error`` |
+``permanent_error``."""
+
+UPLOAD_BATCH_DURATION_SECONDS = Histogram(
+    "dicom_adapter_upload_batch_duration_seconds",
+    "Wall time of one STOW-RS batch request.",
+    buckets=_SLOW_BUCKETS,
+    registry=REGISTRY,
+)
+"""No labels."""
+
+RETRIES_TOTAL = Counter(
+    "dicom_adapter_retries_total",
+    "Retries scheduled after a transient failure, by plugin.",
+    ["plugin"],
+    registry=REGISTRY,
+)
+"""Label ``plugin``: ``importer`` | ``exporter`` (plugin name)."""
+
+DEAD_LETTERS_TOTAL = Counter(
+    "dicom_adapter_dead_letters_total",
+    "Items given up on and dead-lettered, by plugin and reason class.",
+    ["plugin", "reason"],
+    registry=REGISTRY,
+)
+"""Labels: ``plugin`` (plugin name), ``reason`` (error class name, e.g. ``PermanentError``,
+or ``max_attempts``)."""
+
+SPOOL_DEPTH = Gauge(
+    "dicom_adapter_spool_depth",
+    "Instances waiting in the spool for upload.",
+    registry=REGISTRY,
+)
+"""Set directly, or register a callback with ``set_spool_depth_callback``."""
+
+SPOOL_BYTES = Gauge(
+    "dicom_adapter_spool_bytes",
+    "Bytes used by instances waiting in the spool.",
+    registry=REGISTRY,
+)
+"""Set directly, or register a callback with ``set_spool_bytes_callback``."""
+
+SPOOL_OLDEST_AGE_SECONDS = Gauge(
+    "dicom_adapter_spool_oldest_age_seconds",
+    "Age of the oldest instance still in the spool (0 when empty).",
+    registry=REGISTRY,
+)
+"""Computed at scrape time from the callback registered by the spool
+(``set_spool_oldest_age_callback``)."""
+
+# --- exporter ----------------------------------------------------------------------------------
+
+EXPORT_MESSAGES_RECEIVED_TOTAL = Counter(
+    "dicom_adapter_export_messages_received_total",
+    "Pub/Sub messages received by the exporter.",
+    registry=REGISTRY,
+)
+"""No labels."""
+
+EXPORT_MESSAGES_ACKED_TOTAL = Counter(
+    "dicom_adapter_export_messages_acked_total",
+    "Pub/Sub messages acknowledged after delivery (or a deliberate skip).",
+    registry=REGISTRY,
+)
+"""No labels."""
+
+EXPORT_MESSAGES_NACKED_TOTAL = Counter(
+    "dicom_adapter_export_messages_nacked_total",
+    "Pub/Sub messages nacked for redelivery after a transient failure.",
+    registry=REGISTRY,
+)
+"""No labels."""
+
+EXPORT_MESSAGES_DEAD_LETTERED_TOTAL = Counter(
+    "dicom_adapter_export_messages_dead_lettered_total",
+    "Pub/Sub messages given up on and dead-lettered.",
+    registry=REGISTRY,
+)
+"""No labels."""
+
+EXPORT_DELIVERIES_TOTAL = Counter(
+    "dicom_adapter_export_deliveries_total",
+    "Instance deliveries to the export destination, by destination and outcome.",
+    ["destination", "outcome"],
+    registry=REGISTRY,
+)
+"""Labels: ``destination`` (configured name or kind, e.g. ``dimse:PACS``), ``outcome``
+(``success`` | ``warning`` | ``transient_error`` | ``permanent_error``)."""
+
+EXPORT_LATENCY_SECONDS = Histogram(
+    "dicom_adapter_export_latency_seconds",
+    "Time from Pub/Sub message receipt to finished delivery, by destination.",
+    ["destination"],
+    buckets=_SLOW_BUCKETS,
+    registry=REGISTRY,
+)
+"""Label ``destination`` (same values as EXPORT_DELIVERIES_TOTAL)."""
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+
+def set_spool_depth_callback(callback: Callable[[], float]) -> None:
+    """Make SPOOL_DEPTH read ``callback()`` at every scrape (the spool registers it)."""
+    SPOOL_DEPTH.set_function(callback)
+
+
+def set_spool_bytes_callback(callback: Callable[[], float]) -> None:
+    """Make SPOOL_BYTES read ``callback()`` at every scrape (the spool registers it)."""
+    SPOOL_BYTES.set_function(callback)
+
+
+def set_spool_oldest_age_callback(callback: Callable[[], float]) -> None:
+    """Make SPOOL_OLDEST_AGE_SECONDS read ``callback()`` at every scrape (seconds, 0 if empty)."""
+    SPOOL_OLDEST_AGE_SECONDS.set_function(callback)
+
+
+def render_latest() -> tuple[bytes, str]:
+    """Serialize REGISTRY in the Prometheus text format; returns ``(body, content_type)``."""
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def _preinitialize() -> None:
+    """Create the fixed-label series at zero so rates and alerts work before the first event."""
+    for service in DIMSE_SERVICES:
+        DIMSE_REQUEST_DURATION_SECONDS.labels(service=service)
+    for outcome in ("success", "partial", "transient_error", "permanent_error"):
+        UPLOAD_BATCHES_TOTAL.labels(outcome=outcome)
+    for outcome in ("stored", "conflict", "warning", "transient_error", "permanent_error"):
+        UPLOAD_RESULTS_TOTAL.labels(outcome=outcome)
+
+
+_preinitialize()

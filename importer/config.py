@@ -1,0 +1,45 @@
+"""The ``importer:`` section of the site YAML."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import ByteSize, Field
+
+from adapter.config import ConfigModel, DimseServerConfig
+
+__all__ = ["ImporterConfig", "SpoolConfig", "UploadConfig"]
+
+
+class SpoolConfig(ConfigModel):
+    """Where received instances wait, durably, for upload; and how much disk they may take."""
+
+    path: Path = Path("/var/lib/dicom-adapter/spool")
+    max_bytes: ByteSize = ByteSize(10 * 1024**3)
+    min_free_bytes: ByteSize = ByteSize(1024**3)
+
+
+class UploadConfig(ConfigModel):
+    """Background STOW-RS: concurrency, batch bounds, and what a 409 'already exists' means."""
+
+    workers: int = Field(4, ge=1, le=64)
+    batch_max_instances: int = Field(20, ge=1, le=1000)
+    batch_max_bytes: ByteSize = ByteSize(64 * 1024**2)
+    batch_linger: float = Field(0.05, ge=0, le=10)  # seconds to wait for batch-mates
+    on_conflict: Literal["done", "overwrite"] = "done"
+
+
+class ImporterConfig(ConfigModel):
+    """PACS -> DICOMweb: the DIMSE listener, when to answer, the spool and the uploader."""
+
+    enabled: bool = True
+    dimse: DimseServerConfig = DimseServerConfig()
+    ack: Literal["after-spool", "after-upload"] = "after-spool"
+    spool: SpoolConfig = SpoolConfig()
+    upload: UploadConfig = UploadConfig()
+    dead_letter_path: Path | None = None  # default: <spool.path>/../deadletter
+
+    @property
+    def dead_letter_dir(self) -> Path:
+        return self.dead_letter_path or self.spool.path.parent / "deadletter"
