@@ -79,7 +79,7 @@ def run_site(site: SiteConfig, only: Sequence[str] | None = None) -> int:
     """Build the enabled plugins' services, serve health/metrics, and run until SIGTERM."""
     from adapter.health import HealthServer
     from adapter.plugin import PluginContext, discover_plugins
-    from adapter.service import Supervisor
+    from adapter.service import Service, Supervisor
 
     plugins = discover_plugins()
     names = [n for n in site.enabled_plugins() if not only or n in only]
@@ -89,7 +89,7 @@ def run_site(site: SiteConfig, only: Sequence[str] | None = None) -> int:
     if not names:
         raise ConfigError(f"{site.source}: no plugin enabled (set importer: or exporter:)")
     context = PluginContext(site=site)
-    services = []
+    services: list[Service] = []
     for name in names:
         services.extend(plugins[name].build(context, site.plugins[name]))
     supervisor = Supervisor(services)
@@ -139,7 +139,7 @@ def _deadletters(args: argparse.Namespace) -> int:
         if queue is None:
             continue
         if args.action == "list":
-            rows += [dict(vars(e)) for e in queue.list() if ids is None or e.id in ids]
+            rows += [dict(vars(e)) for e in queue.entries() if ids is None or e.id in ids]
         elif args.action == "purge":
             print(f"{name}: purged {queue.purge(ids)}")
         else:

@@ -65,8 +65,16 @@ class DeadLetterQueue:
         self.plugin = plugin
         self._requeue = requeue
 
-    def add(self, entry_fields: dict[str, Any], payload: Path | None = None) -> DeadLetter:
-        """Record a dead letter, moving ``payload`` (same filesystem) in beside it."""
+    def add(
+        self,
+        entry_fields: dict[str, Any],
+        payload: Path | None = None,
+        reason_class: str = "permanent",
+    ) -> DeadLetter:
+        """Record a dead letter, moving ``payload`` (same filesystem) in beside it.
+
+        ``reason_class`` is the low-cardinality metric label (e.g. ``permanent``, ``max_attempts``).
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
         entry_id = f"{int(time.time())}-{uuid.uuid4().hex[:12]}"
         has_payload = payload is not None and payload.exists()
@@ -80,7 +88,7 @@ class DeadLetterQueue:
             os.fsync(fh.fileno())
         os.replace(tmp, self.directory / f"{entry_id}.json")
         fsync_dir(self.directory)
-        metrics.DEAD_LETTERS.labels(plugin=self.plugin).inc()
+        metrics.DEAD_LETTERS_TOTAL.labels(plugin=self.plugin, reason=reason_class).inc()
         log.warning(
             "dead-lettered: %s",
             entry.reason,
@@ -89,9 +97,9 @@ class DeadLetterQueue:
         return entry
 
     def __iter__(self) -> Iterator[DeadLetter]:
-        return iter(self.list())
+        return iter(self.entries())
 
-    def list(self) -> list[DeadLetter]:
+    def entries(self) -> list[DeadLetter]:
         """All complete entries, oldest first."""
         if not self.directory.is_dir():
             return []
@@ -110,7 +118,7 @@ class DeadLetterQueue:
 
     def _select(self, ids: Iterable[str] | None) -> list[DeadLetter]:
         wanted = set(ids) if ids is not None else None
-        return [e for e in self.list() if wanted is None or e.id in wanted]
+        return [e for e in self.entries() if wanted is None or e.id in wanted]
 
     def remove(self, entry: DeadLetter) -> None:
         for suffix in (".dcm", ".json"):

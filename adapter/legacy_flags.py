@@ -114,43 +114,85 @@ _NOT_YET = "not supported yet"
 IMPORT_FLAGS: dict[str, Flag] = {
     f.name: f
     for f in [
-        _flag("dimse_aet", "Title of our DIMSE Application Entity.", _to("importer.dimse.ae_title")),
-        _flag("dimse_port", "Port for incoming DIMSE.", _to("importer.dimse.port", _int("dimse_port"))),
+        _flag(
+            "dimse_aet", "Title of our DIMSE Application Entity.", _to("importer.dimse.ae_title")
+        ),
+        _flag(
+            "dimse_port", "Port for incoming DIMSE.", _to("importer.dimse.port", _int("dimse_port"))
+        ),
         _flag("dicomweb_address", "DICOMweb root (up to /dicomWeb).", _to("dicomweb.url")),
-        _flag("dicomweb_addr", "Deprecated DICOMweb address (with --dicomweb_stow_path).",
-              lambda d, v: d.setdefault("_legacy", {}).__setitem__("dicomweb_addr", v)),
-        _flag("dicomweb_stow_path", "Deprecated STOW path appended to --dicomweb_addr.",
-              lambda d, v: d.setdefault("_legacy", {}).__setitem__("dicomweb_stow_path", v)),
+        _flag(
+            "dicomweb_addr",
+            "Deprecated DICOMweb address (with --dicomweb_stow_path).",
+            lambda d, v: d.setdefault("_legacy", {}).__setitem__("dicomweb_addr", v),
+        ),
+        _flag(
+            "dicomweb_stow_path",
+            "Deprecated STOW path appended to --dicomweb_addr.",
+            lambda d, v: d.setdefault("_legacy", {}).__setitem__("dicomweb_stow_path", v),
+        ),
         _flag("oauth_scopes", "Comma-separated OAuth scopes.", _scopes),
-        _flag_bool("verbose", "Debug logging.",
-                   lambda d, on: _set(d, "log.level", "DEBUG" if on else "INFO")),
+        _flag_bool(
+            "verbose",
+            "Debug logging.",
+            lambda d, on: _set(d, "log.level", "DEBUG" if on else "INFO"),
+        ),
         _flag("persistent_file_storage_location", "Spool directory (local path).", _storage),
         _flag("persistent_file_upload_retry_amount", "Upload retries.", _retry_amount),
-        _flag("min_upload_delay", "First retry delay (ms).",
-              _ms("retry.initial_delay", "min_upload_delay")),
-        _flag("max_waiting_time_between_uploads", "Longest retry delay (ms).",
-              _ms("retry.max_delay", "max_waiting_time_between_uploads")),
-        _flag("max_waiting_time_btw_uploads", "Longest retry delay (ms), older name.",
-              _ms("retry.max_delay", "max_waiting_time_btw_uploads")),
+        _flag(
+            "min_upload_delay",
+            "First retry delay (ms).",
+            _ms("retry.initial_delay", "min_upload_delay"),
+        ),
+        _flag(
+            "max_waiting_time_between_uploads",
+            "Longest retry delay (ms).",
+            _ms("retry.max_delay", "max_waiting_time_between_uploads"),
+        ),
+        _flag(
+            "max_waiting_time_btw_uploads",
+            "Longest retry delay (ms), older name.",
+            _ms("retry.max_delay", "max_waiting_time_btw_uploads"),
+        ),
         _flag("http_error_codes_to_retry", "Extra HTTP codes to retry (comma-separated).", _codes),
-        _flag_bool("auto_ack_cstore", "Answer C-STORE once spooled, before upload.",
-                   lambda d, on: d.setdefault("_legacy", {}).__setitem__("auto_ack", on)),
-        _flag_bool("stow_overwrite", "On 409, delete and store again.",
-                   lambda d, on: _set(d, "importer.upload.on_conflict",
-                                      "overwrite" if on else "done")),
-        _flag("monitoring_project_id", "Stackdriver monitoring (replaced by /metrics).",
-              _warn("monitoring_project_id",
-                    "Stackdriver monitoring is replaced by Prometheus metrics on /metrics")),
-        _flag_bool("stow_http2", "HTTP/2 for STOW.",
-                   lambda d, on: _warn("stow_http2", "HTTP/1.1 with pooled keep-alive "
-                                       "connections and concurrent batched uploads is used")(d, "")),
+        _flag_bool(
+            "auto_ack_cstore",
+            "Answer C-STORE once spooled, before upload.",
+            lambda d, on: d.setdefault("_legacy", {}).__setitem__("auto_ack", on),
+        ),
+        _flag_bool(
+            "stow_overwrite",
+            "On 409, delete and store again.",
+            lambda d, on: _set(d, "importer.upload.on_conflict", "overwrite" if on else "done"),
+        ),
+        _flag(
+            "monitoring_project_id",
+            "Stackdriver monitoring (replaced by /metrics).",
+            _warn(
+                "monitoring_project_id",
+                "Stackdriver monitoring is replaced by Prometheus metrics on /metrics",
+            ),
+        ),
+        _flag_bool(
+            "stow_http2",
+            "HTTP/2 for STOW.",
+            lambda d, on: _warn(
+                "stow_http2",
+                "HTTP/1.1 with pooled keep-alive "
+                "connections and concurrent batched uploads is used",
+            )(d, ""),
+        ),
         _flag("dimse_cmove_aet", "AE title for C-MOVE sub-operations.", None),
         _flag("aet_dictionary", "C-MOVE destinations (file).", None),
         _flag("aet_dictionary_inline", "C-MOVE destinations (inline JSON).", None),
         _flag("destination_config_path", "Routing rules (file).", None),
         _flag("destination_config_inline", "Routing rules (inline JSON).", None),
-        _flag("send_to_all_matching_destinations", "Routing to several destinations.", None,
-              boolean=True),
+        _flag(
+            "send_to_all_matching_destinations",
+            "Routing to several destinations.",
+            None,
+            boolean=True,
+        ),
         _flag("redact_remove_list", "Redaction.", None),
         _flag("redact_keep_list", "Redaction.", None),
         _flag("redact_filter_profile", "Redaction.", None),
@@ -163,29 +205,55 @@ IMPORT_FLAGS: dict[str, Flag] = {
 EXPORT_FLAGS: dict[str, Flag] = {
     f.name: f
     for f in [
-        _flag("peer_dimse_aet", "AE title of the PACS to C-STORE to.",
-              _to("exporter.destination.ae_title")),
+        _flag(
+            "peer_dimse_aet",
+            "AE title of the PACS to C-STORE to.",
+            _to("exporter.destination.ae_title"),
+        ),
         _flag("peer_dimse_ip", "Host of the PACS.", _to("exporter.destination.host")),
-        _flag("peer_dimse_port", "Port of the PACS.",
-              _to("exporter.destination.port", _int("peer_dimse_port"))),
+        _flag(
+            "peer_dimse_port",
+            "Port of the PACS.",
+            _to("exporter.destination.port", _int("peer_dimse_port")),
+        ),
         _flag("client_aet", "Our calling AE title.", _to("exporter.destination.calling_ae_title")),
-        _flag("peer_dicomweb_address", "STOW-RS destination (DICOMweb root).",
-              _to("exporter.destination.url")),
-        _flag("peer_dicomweb_addr", "Deprecated STOW-RS destination address.",
-              lambda d, v: d.setdefault("_legacy", {}).__setitem__("peer_dicomweb_addr", v)),
-        _flag("peer_dicomweb_stow_path", "Deprecated STOW path for --peer_dicomweb_addr.",
-              lambda d, v: d.setdefault("_legacy", {}).__setitem__("peer_dicomweb_stow_path", v)),
-        _flag_bool("use_gcp_application_default_credentials", "Google credentials for the peer.",
-                   lambda d, on: d.setdefault("_legacy", {}).__setitem__("peer_google", on)),
+        _flag(
+            "peer_dicomweb_address",
+            "STOW-RS destination (DICOMweb root).",
+            _to("exporter.destination.url"),
+        ),
+        _flag(
+            "peer_dicomweb_addr",
+            "Deprecated STOW-RS destination address.",
+            lambda d, v: d.setdefault("_legacy", {}).__setitem__("peer_dicomweb_addr", v),
+        ),
+        _flag(
+            "peer_dicomweb_stow_path",
+            "Deprecated STOW path for --peer_dicomweb_addr.",
+            lambda d, v: d.setdefault("_legacy", {}).__setitem__("peer_dicomweb_stow_path", v),
+        ),
+        _flag_bool(
+            "use_gcp_application_default_credentials",
+            "Google credentials for the peer.",
+            lambda d, on: d.setdefault("_legacy", {}).__setitem__("peer_google", on),
+        ),
         _flag("dicomweb_addr", "DICOMweb API that sources the instances.", _to("dicomweb.url")),
         _flag("project_id", "Pub/Sub project.", _to("exporter.pubsub.project")),
         _flag("subscription_id", "Pub/Sub subscription.", _to("exporter.pubsub.subscription")),
         _flag("oauth_scopes", "Comma-separated OAuth scopes.", _scopes),
-        _flag_bool("verbose", "Debug logging.",
-                   lambda d, on: _set(d, "log.level", "DEBUG" if on else "INFO")),
-        _flag("monitoring_project_id", "Stackdriver monitoring (replaced by /metrics).",
-              _warn("monitoring_project_id",
-                    "Stackdriver monitoring is replaced by Prometheus metrics on /metrics")),
+        _flag_bool(
+            "verbose",
+            "Debug logging.",
+            lambda d, on: _set(d, "log.level", "DEBUG" if on else "INFO"),
+        ),
+        _flag(
+            "monitoring_project_id",
+            "Stackdriver monitoring (replaced by /metrics).",
+            _warn(
+                "monitoring_project_id",
+                "Stackdriver monitoring is replaced by Prometheus metrics on /metrics",
+            ),
+        ),
     ]
 }
 
@@ -236,7 +304,7 @@ def _join_stow(addr: str, stow_path: str, flag: str) -> str:
 
 
 def translate(argv: Sequence[str], command: str) -> tuple[dict[str, Any], list[str]]:
-    """Turn Java flags into site-config data; returns (data, warnings). ``command``: import|export."""
+    """Turn Java flags (``command`` import or export) into site-config data and warnings."""
     flags = IMPORT_FLAGS if command == "import" else EXPORT_FLAGS
     data = _parse(argv, flags, command)
     legacy = data.pop("_legacy", {})
@@ -247,9 +315,15 @@ def translate(argv: Sequence[str], command: str) -> tuple[dict[str, Any], list[s
         importer = data.setdefault("importer", {})
         importer["enabled"] = True
         if "dicomweb" not in data and "dicomweb_addr" in legacy:
-            _set(data, "dicomweb.url", _join_stow(
-                legacy["dicomweb_addr"], legacy.get("dicomweb_stow_path", ""), "dicomweb_stow_path"
-            ))
+            _set(
+                data,
+                "dicomweb.url",
+                _join_stow(
+                    legacy["dicomweb_addr"],
+                    legacy.get("dicomweb_stow_path", ""),
+                    "dicomweb_stow_path",
+                ),
+            )
         if "dicomweb" not in data or "url" not in data["dicomweb"]:
             raise ConfigError("import: --dicomweb_address is required")
         if "ae_title" not in importer.get("dimse", {}):
@@ -272,7 +346,8 @@ def translate(argv: Sequence[str], command: str) -> tuple[dict[str, Any], list[s
         dest = exporter.setdefault("destination", {})
         if "url" not in dest and "peer_dicomweb_addr" in legacy:
             dest["url"] = _join_stow(
-                legacy["peer_dicomweb_addr"], legacy.get("peer_dicomweb_stow_path", ""),
+                legacy["peer_dicomweb_addr"],
+                legacy.get("peer_dicomweb_stow_path", ""),
                 "peer_dicomweb_stow_path",
             )
         if "url" in dest:

@@ -53,7 +53,8 @@ class PluginContext:
             max_delay=r.max_delay,
             multiplier=r.multiplier,
             jitter=r.jitter,
-            retry_http_statuses=RetryPolicy().retry_http_statuses | frozenset(r.extra_http_statuses),
+            retry_http_statuses=RetryPolicy().retry_http_statuses
+            | frozenset(r.extra_http_statuses),
         )
 
     def dicomweb_session(self, cfg: DicomwebConfig) -> requests.Session:
@@ -106,7 +107,7 @@ class Plugin(Protocol):
         ...
 
     def dead_letters(self, core: CoreConfig, config: Any) -> DeadLetterQueue | None:
-        """This plugin's dead-letter queue, for ``dicom-adapter deadletters``; None if it has none."""
+        """This plugin's dead-letter queue for ``dicom-adapter deadletters`` (None: has none)."""
         ...
 
 

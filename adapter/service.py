@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import FrameType
 from typing import Protocol, runtime_checkable
 
@@ -74,16 +74,18 @@ class Supervisor:
                     checks[f"{service.name}.{key}"] = ok
             except Exception:
                 checks[f"{service.name}.readiness"] = False
-        checks["started"] = len(self._started) == len(self.services) and not self.stop_event.is_set()
+        running = len(self._started) == len(self.services)
+        checks["started"] = running and not self.stop_event.is_set()
         return checks
 
     def run_forever(self, install_signals: bool = True) -> None:
         """Start, wait for SIGTERM/SIGINT (or stop_event), then stop."""
         if install_signals:
-            handler: Callable[[int, FrameType | None], None] = lambda signum, _f: (
-                log.info("signal %s received: draining", signal.Signals(signum).name),
-                self.stop_event.set(),
-            )[-1]
+
+            def handler(signum: int, _frame: FrameType | None) -> None:
+                log.info("signal %s received: draining", signal.Signals(signum).name)
+                self.stop_event.set()
+
             signal.signal(signal.SIGTERM, handler)
             signal.signal(signal.SIGINT, handler)
         self.start()

@@ -1,4 +1,4 @@
-"""Named DIMSE statuses (PS3.4 Annex B/C, PS3.7 Annex C) and the one DICOMweb-error -> status map."""
+"""Named DIMSE statuses (PS3.4 Annex B/C, PS3.7 Annex C) and the one error -> status map."""
 
 from __future__ import annotations
 

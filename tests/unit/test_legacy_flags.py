@@ -1,0 +1,122 @@
+"""The Java adapter's flags, accepted verbatim and translated into the same config object."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapter.config import load_config_data
+from adapter.errors import ConfigError
+from adapter.legacy_flags import is_legacy_import_invocation, translate
+from exporter.config import DicomwebDestination, DimseDestination, ExporterConfig
+from importer.config import ImporterConfig
+
+HCAPI = (
+    "https://healthcare.googleapis.com/v1/projects/P/locations/L/datasets/D/dicomStores/S/dicomWeb"
+)
+GUIDE_ARGS = ["--dimse_aet=IMPORTADAPTER", "--dimse_port=2575", f"--dicomweb_address={HCAPI}"]
+
+
+def importer_of(argv: list[str]) -> tuple[ImporterConfig, object]:
+    data, _ = translate(argv, "import")
+    site = load_config_data(data, "import flags")
+    cfg = site.plugins["importer"]
+    assert isinstance(cfg, ImporterConfig)
+    return cfg, site
+
+
+def test_gke_guide_args_translate_unchanged() -> None:
+    cfg, site = importer_of(GUIDE_ARGS)
+    assert cfg.dimse.ae_title == "IMPORTADAPTER" and cfg.dimse.port == 2575
+    assert site.core.dicomweb.url == HCAPI  # type: ignore[attr-defined]
+    assert is_legacy_import_invocation(GUIDE_ARGS)
+
+
+def test_space_separated_values_work_like_equals() -> None:
+    cfg, _ = importer_of(["--dimse_aet", "IMPORTADAPTER", "--dimse_port", "104",
+                          "--dicomweb_address", "http://127.0.0.1:8042/dicom-web"])
+    assert cfg.dimse.port == 104
+
+
+def test_without_persistent_storage_the_ack_waits_for_the_upload() -> None:
+    cfg, _ = importer_of(GUIDE_ARGS)
+    assert cfg.ack == "after-upload"
+
+
+def test_persistent_storage_with_auto_ack_answers_after_spool() -> None:
+    cfg, site = importer_of([*GUIDE_ARGS, "--persistent_file_storage_location=/data/spool",
+                             "--persistent_file_upload_retry_amount=5", "--auto_ack_cstore",
+                             "--min_upload_delay=250", "--max_waiting_time_between_uploads=8000",
+                             "--http_error_codes_to_retry=409,418", "--stow_overwrite"])
+    assert cfg.ack == "after-spool"
+    assert str(cfg.spool.path) == "/data/spool"
+    assert cfg.upload.on_conflict == "overwrite"
+    retry = site.core.retry  # type: ignore[attr-defined]
+    assert retry.max_attempts == 6
+    assert retry.initial_delay == 0.25 and retry.max_delay == 8.0
+    assert retry.extra_http_statuses == (409, 418)
+
+
+def test_auto_ack_without_a_durable_location_is_refused() -> None:
+    with pytest.raises(ConfigError, match="--auto_ack_cstore requires"):
+        translate([*GUIDE_ARGS, "--auto_ack_cstore"], "import")
+
+
+def test_deprecated_addr_and_stow_path_combine() -> None:
+    _, site = importer_of(["--dimse_aet=A", "--dicomweb_addr=http://h:1/dicom-web",
+                           "--dicomweb_stow_path=/studies"])
+    assert site.core.dicomweb.url == "http://h:1/dicom-web"  # type: ignore[attr-defined]
+
+
+def test_oauth_scopes_are_split_on_commas() -> None:
+    _, site = importer_of([*GUIDE_ARGS, "--oauth_scopes=a,b"])
+    assert site.core.dicomweb.auth.scopes == ("a", "b")  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("flag", ["--redact_keep_list=PatientID", "--aet_dictionary_inline=[]",
+                                  "--destination_config_inline=[]", "--dimse_cmove_aet=X"])
+def test_unbuilt_features_are_refused_by_name(flag: str) -> None:
+    name = flag.split("=")[0]
+    with pytest.raises(ConfigError, match=f"not supported yet: {name}"):
+        translate([*GUIDE_ARGS, flag], "import")
+
+
+def test_unknown_flag_is_refused() -> None:
+    with pytest.raises(ConfigError, match="unknown flag --dimse_aetx"):
+        translate(["--dimse_aetx=A"], "import")
+
+
+def test_bad_integer_names_the_flag() -> None:
+    with pytest.raises(ConfigError, match="--dimse_port: expected an integer, got 'abc'"):
+        translate(["--dimse_aet=A", "--dimse_port=abc"], "import")
+
+
+def test_missing_value_is_reported() -> None:
+    with pytest.raises(ConfigError, match="--dimse_port: expected a value"):
+        translate(["--dimse_aet=A", "--dimse_port"], "import")
+
+
+def test_export_flags_build_a_dimse_destination() -> None:
+    data, _ = translate(["--peer_dimse_aet=PACS", "--peer_dimse_ip=10.0.0.5",
+                         "--peer_dimse_port=104", "--project_id=p", "--subscription_id=s",
+                         f"--dicomweb_addr={HCAPI}", "--client_aet=EXPORTADAPTER"], "export")
+    cfg = load_config_data(data).plugins["exporter"]
+    assert isinstance(cfg, ExporterConfig)
+    assert isinstance(cfg.destination, DimseDestination)
+    assert (cfg.destination.ae_title, cfg.destination.host, cfg.destination.port) == (
+        "PACS", "10.0.0.5", 104)
+    assert cfg.pubsub.project == "p" and cfg.pubsub.subscription == "s"
+
+
+def test_export_flags_build_a_dicomweb_destination() -> None:
+    data, _ = translate(["--peer_dicomweb_address=http://peer/dicom-web", "--project_id=p",
+                         "--subscription_id=s", f"--dicomweb_addr={HCAPI}",
+                         "--use_gcp_application_default_credentials"], "export")
+    cfg = load_config_data(data).plugins["exporter"]
+    assert isinstance(cfg, ExporterConfig)
+    assert isinstance(cfg.destination, DicomwebDestination)
+    assert cfg.destination.auth.kind == "google"
+
+
+def test_monitoring_flag_is_accepted_with_a_warning() -> None:
+    _, warnings = translate([*GUIDE_ARGS, "--monitoring_project_id=p"], "import")
+    assert any("Prometheus" in w for w in warnings)
