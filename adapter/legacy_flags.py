@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from adapter.errors import ConfigError
@@ -92,6 +93,26 @@ def _storage(data: dict[str, Any], value: str) -> None:
         )
     _set(data, "importer.spool.path", value)
     data.setdefault("_legacy", {})["persistent"] = True
+
+
+def _aets_inline(data: dict[str, Any], value: str, flag: str = "aet_dictionary_inline") -> None:
+    try:
+        entries = json.loads(value)
+    except ValueError as exc:
+        raise ConfigError(
+            f"--{flag}: expected a JSON array of {{name, host, port}}: {exc}"
+        ) from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"--{flag}: expected a JSON array of {{name, host, port}} objects")
+    _set(data, "importer.move_destinations", entries)
+
+
+def _aets_file(data: dict[str, Any], value: str) -> None:
+    try:
+        text = Path(value).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"--aet_dictionary: cannot read {value}: {exc.strerror}") from None
+    _aets_inline(data, text, "aet_dictionary")
 
 
 def _warn(flag: str, why: str) -> Setter:
@@ -183,8 +204,10 @@ IMPORT_FLAGS: dict[str, Flag] = {
             )(d, ""),
         ),
         _flag("dimse_cmove_aet", "AE title for C-MOVE sub-operations.", None),
-        _flag("aet_dictionary", "C-MOVE destinations (file).", None),
-        _flag("aet_dictionary_inline", "C-MOVE destinations (inline JSON).", None),
+        _flag("aet_dictionary", "C-MOVE destinations: JSON file [{name, host, port}].", _aets_file),
+        _flag(
+            "aet_dictionary_inline", "C-MOVE destinations: JSON [{name, host, port}].", _aets_inline
+        ),
         _flag("destination_config_path", "Routing rules (file).", None),
         _flag("destination_config_inline", "Routing rules (inline JSON).", None),
         _flag(

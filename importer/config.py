@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import ByteSize, Field
 
-from adapter.config import ConfigModel, DimseServerConfig
+from adapter.config import AeTitle, ConfigModel, DimseServerConfig, Port
 
-__all__ = ["ImporterConfig", "SpoolConfig", "UploadConfig"]
+__all__ = ["ImporterConfig", "MoveDestination", "SpoolConfig", "UploadConfig"]
 
 
 class SpoolConfig(ConfigModel):
@@ -30,6 +30,14 @@ class UploadConfig(ConfigModel):
     on_conflict: Literal["done", "overwrite"] = "done"
 
 
+class MoveDestination(ConfigModel):
+    """A C-MOVE destination AE (the Java adapter's ``--aet_dictionary`` entry)."""
+
+    name: AeTitle
+    host: str
+    port: Port
+
+
 class ImporterConfig(ConfigModel):
     """PACS -> DICOMweb: the DIMSE listener, when to answer, the spool and the uploader."""
 
@@ -39,6 +47,7 @@ class ImporterConfig(ConfigModel):
     spool: SpoolConfig = SpoolConfig()
     upload: UploadConfig = UploadConfig()
     dead_letter_path: Path | None = None  # default: <spool.path>/../deadletter
+    move_destinations: tuple[MoveDestination, ...] = ()  # C-MOVE destinations by AE title
 
     @property
     def dead_letter_dir(self) -> Path:

@@ -32,8 +32,16 @@ def test_gke_guide_args_translate_unchanged() -> None:
 
 
 def test_space_separated_values_work_like_equals() -> None:
-    cfg, _ = importer_of(["--dimse_aet", "IMPORTADAPTER", "--dimse_port", "104",
-                          "--dicomweb_address", "http://127.0.0.1:8042/dicom-web"])
+    cfg, _ = importer_of(
+        [
+            "--dimse_aet",
+            "IMPORTADAPTER",
+            "--dimse_port",
+            "104",
+            "--dicomweb_address",
+            "http://127.0.0.1:8042/dicom-web",
+        ]
+    )
     assert cfg.dimse.port == 104
 
 
@@ -43,10 +51,18 @@ def test_without_persistent_storage_the_ack_waits_for_the_upload() -> None:
 
 
 def test_persistent_storage_with_auto_ack_answers_after_spool() -> None:
-    cfg, site = importer_of([*GUIDE_ARGS, "--persistent_file_storage_location=/data/spool",
-                             "--persistent_file_upload_retry_amount=5", "--auto_ack_cstore",
-                             "--min_upload_delay=250", "--max_waiting_time_between_uploads=8000",
-                             "--http_error_codes_to_retry=409,418", "--stow_overwrite"])
+    cfg, site = importer_of(
+        [
+            *GUIDE_ARGS,
+            "--persistent_file_storage_location=/data/spool",
+            "--persistent_file_upload_retry_amount=5",
+            "--auto_ack_cstore",
+            "--min_upload_delay=250",
+            "--max_waiting_time_between_uploads=8000",
+            "--http_error_codes_to_retry=409,418",
+            "--stow_overwrite",
+        ]
+    )
     assert cfg.ack == "after-spool"
     assert str(cfg.spool.path) == "/data/spool"
     assert cfg.upload.on_conflict == "overwrite"
@@ -62,8 +78,9 @@ def test_auto_ack_without_a_durable_location_is_refused() -> None:
 
 
 def test_deprecated_addr_and_stow_path_combine() -> None:
-    _, site = importer_of(["--dimse_aet=A", "--dicomweb_addr=http://h:1/dicom-web",
-                           "--dicomweb_stow_path=/studies"])
+    _, site = importer_of(
+        ["--dimse_aet=A", "--dicomweb_addr=http://h:1/dicom-web", "--dicomweb_stow_path=/studies"]
+    )
     assert site.core.dicomweb.url == "http://h:1/dicom-web"  # type: ignore[attr-defined]
 
 
@@ -72,8 +89,10 @@ def test_oauth_scopes_are_split_on_commas() -> None:
     assert site.core.dicomweb.auth.scopes == ("a", "b")  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("flag", ["--redact_keep_list=PatientID", "--aet_dictionary_inline=[]",
-                                  "--destination_config_inline=[]", "--dimse_cmove_aet=X"])
+@pytest.mark.parametrize(
+    "flag",
+    ["--redact_keep_list=PatientID", "--destination_config_inline=[]", "--dimse_cmove_aet=X"],
+)
 def test_unbuilt_features_are_refused_by_name(flag: str) -> None:
     name = flag.split("=")[0]
     with pytest.raises(ConfigError, match=f"not supported yet: {name}"):
@@ -96,21 +115,40 @@ def test_missing_value_is_reported() -> None:
 
 
 def test_export_flags_build_a_dimse_destination() -> None:
-    data, _ = translate(["--peer_dimse_aet=PACS", "--peer_dimse_ip=10.0.0.5",
-                         "--peer_dimse_port=104", "--project_id=p", "--subscription_id=s",
-                         f"--dicomweb_addr={HCAPI}", "--client_aet=EXPORTADAPTER"], "export")
+    data, _ = translate(
+        [
+            "--peer_dimse_aet=PACS",
+            "--peer_dimse_ip=10.0.0.5",
+            "--peer_dimse_port=104",
+            "--project_id=p",
+            "--subscription_id=s",
+            f"--dicomweb_addr={HCAPI}",
+            "--client_aet=EXPORTADAPTER",
+        ],
+        "export",
+    )
     cfg = load_config_data(data).plugins["exporter"]
     assert isinstance(cfg, ExporterConfig)
     assert isinstance(cfg.destination, DimseDestination)
     assert (cfg.destination.ae_title, cfg.destination.host, cfg.destination.port) == (
-        "PACS", "10.0.0.5", 104)
+        "PACS",
+        "10.0.0.5",
+        104,
+    )
     assert cfg.pubsub.project == "p" and cfg.pubsub.subscription == "s"
 
 
 def test_export_flags_build_a_dicomweb_destination() -> None:
-    data, _ = translate(["--peer_dicomweb_address=http://peer/dicom-web", "--project_id=p",
-                         "--subscription_id=s", f"--dicomweb_addr={HCAPI}",
-                         "--use_gcp_application_default_credentials"], "export")
+    data, _ = translate(
+        [
+            "--peer_dicomweb_address=http://peer/dicom-web",
+            "--project_id=p",
+            "--subscription_id=s",
+            f"--dicomweb_addr={HCAPI}",
+            "--use_gcp_application_default_credentials",
+        ],
+        "export",
+    )
     cfg = load_config_data(data).plugins["exporter"]
     assert isinstance(cfg, ExporterConfig)
     assert isinstance(cfg.destination, DicomwebDestination)
@@ -120,3 +158,20 @@ def test_export_flags_build_a_dicomweb_destination() -> None:
 def test_monitoring_flag_is_accepted_with_a_warning() -> None:
     _, warnings = translate([*GUIDE_ARGS, "--monitoring_project_id=p"], "import")
     assert any("Prometheus" in w for w in warnings)
+
+
+def test_aet_dictionary_inline_becomes_move_destinations() -> None:
+    cfg, _ = importer_of(
+        [*GUIDE_ARGS, '--aet_dictionary_inline=[{"name":"PACS","host":"10.0.0.5","port":104}]']
+    )
+    assert [(d.name, d.host, d.port) for d in cfg.move_destinations] == [("PACS", "10.0.0.5", 104)]
+
+
+def test_bad_aet_dictionary_is_reported() -> None:
+    with pytest.raises(ConfigError, match="--aet_dictionary_inline: expected a JSON array"):
+        translate([*GUIDE_ARGS, "--aet_dictionary_inline={oops"], "import")
+    data, _ = translate(
+        [*GUIDE_ARGS, '--aet_dictionary_inline=[{"name":"P","host":"h"}]'], "import"
+    )
+    with pytest.raises(ConfigError, match=r"importer.move_destinations\[0\].port: required"):
+        load_config_data(data)
