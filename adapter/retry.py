@@ -49,7 +49,7 @@ def parse_retry_after(value: str | None, now: datetime | None = None) -> float |
     return min(max(0.0, (when - current).total_seconds()), MAX_RETRY_AFTER)
 
 
-class _Interrupted(Exception):
+class _InterruptedError(Exception):
     """Raised out of the sleep when the stop event is set."""
 
 
@@ -131,14 +131,14 @@ class RetryPolicy:
                 sleep(seconds)
                 return
             if stop_event.is_set():
-                raise _Interrupted
+                raise _InterruptedError
             if sleep is time.sleep:
                 if stop_event.wait(seconds):
-                    raise _Interrupted
+                    raise _InterruptedError
             else:
                 sleep(seconds)
                 if stop_event.is_set():
-                    raise _Interrupted
+                    raise _InterruptedError
 
         stop: tenacity.stop.stop_base = (
             tenacity.stop_never
@@ -159,5 +159,5 @@ class RetryPolicy:
         )
         try:
             return retrying(fn)
-        except _Interrupted:
+        except _InterruptedError:
             raise last_error[0] from None

@@ -63,9 +63,7 @@ def validate_uid(value: object, what: str = "UID") -> str:
 
 def is_dicom_json_object(obj: object) -> bool:
     """True if ``obj`` looks like a DICOM JSON dataset: a dict keyed by 8-hex-digit tags."""
-    return isinstance(obj, dict) and all(
-        isinstance(k, str) and _TAG_RE.fullmatch(k) for k in obj
-    )
+    return isinstance(obj, dict) and all(isinstance(k, str) and _TAG_RE.fullmatch(k) for k in obj)
 
 
 def _values(obj: DicomJson, tag: str) -> Sequence[Any]:

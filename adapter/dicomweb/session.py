@@ -170,7 +170,7 @@ def _google_session(settings: SessionSettings, timeout: tuple[float, float]) -> 
     import google.auth.exceptions
     from google.auth.transport.requests import AuthorizedSession
 
-    class GoogleSession(AuthorizedSession):  # type: ignore[misc]
+    class GoogleSession(AuthorizedSession):
         """AuthorizedSession whose requests default to the adapter's timeouts (its own default
         would be 120 s for everything). Token refresh-and-retry on 401 also rewinds the body."""
 
@@ -178,7 +178,9 @@ def _google_session(settings: SessionSettings, timeout: tuple[float, float]) -> 
 
         def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> requests.Response:
             _with_default_timeout(args, kwargs, self.default_timeout)
-            response: requests.Response = super().request(method, url, *args, **kwargs)
+            response: requests.Response = super().request(  # type: ignore[no-untyped-call]
+                method, url, *args, **kwargs
+            )
             return response
 
     try:
@@ -189,7 +191,7 @@ def _google_session(settings: SessionSettings, timeout: tuple[float, float]) -> 
             "service-account key file, run 'gcloud auth application-default login', or run "
             f"with workload identity ({str(exc)[:200]})"
         ) from None
-    session: requests.Session = GoogleSession(credentials)
+    session: requests.Session = GoogleSession(credentials)  # type: ignore[no-untyped-call]
     return session
 
 
@@ -198,6 +200,8 @@ def build_session(settings: SessionSettings) -> requests.Session:
     ``User-Agent: dicom-adapter/<version>`` header."""
     if not settings.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"DICOMweb base URL must be http(s)://...: {settings.base_url!r}")
+    if isinstance(settings.verify, str) and not Path(settings.verify).exists():
+        raise ConfigError(f"TLS CA bundle {settings.verify!r} does not exist")
     auth = settings.auth
     kind = auth.kind
     if kind == "auto":
@@ -250,7 +254,10 @@ def _hint(status: int, body: str, google: bool) -> str:
     lowered = body.lower()
     if status == 401:
         if google:
-            return "credentials rejected: check the service account key / ADC and that it is not disabled"
+            return (
+                "credentials rejected: check the service account key / ADC and that the "
+                "account is not disabled"
+            )
         return "credentials rejected: check the configured token or username/password"
     if status == 403:
         if "service_disabled" in lowered or "has not been used" in lowered:
@@ -270,7 +277,10 @@ def _hint(status: int, body: str, google: bool) -> str:
             )
         return "forbidden: check the store's access rules for this client"
     if status == 404:
-        return "not found: check the DICOMweb base URL (project/location/dataset/dicomStore) or the UIDs"
+        return (
+            "not found: check the DICOMweb base URL (project/location/dataset/dicomStore) "
+            "or the UIDs"
+        )
     if status == 413:
         return "request too large: lower the STOW batch size"
     if status == 415:
