@@ -308,3 +308,29 @@ def _preinitialize() -> None:
 
 
 _preinitialize()
+
+
+# --- exporter, appended by the export path ---------------------------------------------------
+
+EXPORT_MESSAGES_SKIPPED_TOTAL = Counter(
+    "dicom_adapter_export_messages_skipped_total",
+    "Pub/Sub messages acknowledged without delivery, by reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+"""Label ``reason``: ``echo`` (the instance came from the destination) | ``filtered``."""
+for _reason in ("echo", "filtered"):
+    EXPORT_MESSAGES_SKIPPED_TOTAL.labels(reason=_reason)
+__all__ += ["EXPORT_MESSAGES_SKIPPED_TOTAL"]
+
+# --- added by the import path (importer/upload.py) ---------------------------------------------
+
+UPLOAD_BATCH_SIZE = Histogram(
+    "dicom_adapter_upload_batch_size",
+    "Instances per STOW-RS batch request (shows whether batching and linger work).",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+    registry=REGISTRY,
+)
+"""No labels; ``observe(len(batch))``."""
+
+__all__ += ["UPLOAD_BATCH_SIZE"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -206,3 +207,26 @@ def test_labels_never_include_uid_like_names() -> None:
     for collector in list(metrics.REGISTRY._collector_to_names):
         for label in getattr(collector, "_labelnames", ()):
             assert not forbidden.search(label), (collector, label)
+
+
+def test_requests_do_not_spam_stderr(
+    server: HealthServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    for path in ("/healthz", "/readyz", "/metrics", "/missing"):
+        _get(server.port, path)
+    # a malformed request line exercises log_error too
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"BOGUS\r\n\r\n")
+        sock.recv(1024)
+    out, err = capfd.readouterr()
+    assert err == "" and out == ""
+
+
+def test_stop_is_idempotent_and_frees_the_port() -> None:
+    srv = HealthServer("127.0.0.1", 0, dict).start()
+    port = srv.port
+    srv.stop()
+    srv.stop()
+    assert not srv.running
+    with pytest.raises(OSError):
+        _get(port, "/healthz")

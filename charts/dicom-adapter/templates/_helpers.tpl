@@ -72,12 +72,18 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{/* Values the chart reads from the site config (single source of truth for ports and paths). */}}
+{{/* Same rule as the adapter: a plugin section that is present is enabled unless enabled: false. */}}
+{{- define "dicom-adapter.sectionEnabled" -}}
+{{- $section := index .root.Values.config .name }}
+{{- if and (kindIs "map" $section) (dig "enabled" true $section) }}true{{ end }}
+{{- end }}
+
 {{- define "dicom-adapter.importerEnabled" -}}
-{{- if dig "importer" "enabled" false .Values.config }}true{{ end }}
+{{- include "dicom-adapter.sectionEnabled" (dict "root" . "name" "importer") }}
 {{- end }}
 
 {{- define "dicom-adapter.exporterEnabled" -}}
-{{- if dig "exporter" "enabled" false .Values.config }}true{{ end }}
+{{- include "dicom-adapter.sectionEnabled" (dict "root" . "name" "exporter") }}
 {{- end }}
 
 {{- define "dicom-adapter.healthPort" -}}
@@ -100,6 +106,60 @@ app.kubernetes.io/component: {{ .component }}
 {{- dig "exporter" "state_dir" "/var/lib/dicom-adapter/export" .Values.config }}
 {{- end }}
 
+{{/* Importer dead letters: importer.dead_letter_path, else <dir of spool.path>/deadletter. */}}
+{{- define "dicom-adapter.deadLetterDir" -}}
+{{- $explicit := dig "importer" "dead_letter_path" "" .Values.config | toString }}
+{{- if $explicit }}{{ $explicit }}{{ else }}{{ printf "%s/deadletter" (dir (include "dicom-adapter.spoolPath" .)) }}{{ end }}
+{{- end }}
+
+{{/* Core state_dir: the provenance log (two-way echo guard). */}}
+{{- define "dicom-adapter.stateDir" -}}
+{{- .Values.config.state_dir | default "/var/lib/dicom-adapter/state" }}
+{{- end }}
+
+{{/* True when the exporter runs inside the importer pods (shared provenance log, one PVC). */}}
+{{- define "dicom-adapter.exporterColocated" -}}
+{{- if and (include "dicom-adapter.importerEnabled" .) (include "dicom-adapter.exporterEnabled" .) .Values.exporter.colocated }}true{{ end }}
+{{- end }}
+
+{{/* Workloads rendered, space-separated: "importer" (StatefulSet) and/or "exporter" (Deployment). */}}
+{{- define "dicom-adapter.workloads" -}}
+{{- $w := list }}
+{{- if include "dicom-adapter.importerEnabled" . }}{{ $w = append $w "importer" }}{{ end }}
+{{- if and (include "dicom-adapter.exporterEnabled" .) (not (include "dicom-adapter.exporterColocated" .)) }}{{ $w = append $w "exporter" }}{{ end }}
+{{- join " " $w }}
+{{- end }}
+
+{{/* Plugins run by a workload: pass (dict "root" $ "component" "importer"|"exporter"). */}}
+{{- define "dicom-adapter.plugins" -}}
+{{- if and (eq .component "importer") (include "dicom-adapter.exporterColocated" .root) }}importer exporter{{ else }}{{ .component }}{{ end }}
+{{- end }}
+
+{{/*
+Writable directories of a workload, all on one volume named "data" (the spool PVC for the importer,
+an emptyDir for the exporter), each at the path the site config names, via subPath.
+*/}}
+{{- define "dicom-adapter.dataMounts" -}}
+{{- $root := .root }}
+{{- $plugins := splitList " " (include "dicom-adapter.plugins" .) }}
+{{- if has "importer" $plugins }}
+- name: data
+  mountPath: {{ include "dicom-adapter.spoolPath" $root }}
+  subPath: spool
+- name: data
+  mountPath: {{ include "dicom-adapter.deadLetterDir" $root }}
+  subPath: deadletter
+{{- end }}
+{{- if has "exporter" $plugins }}
+- name: data
+  mountPath: {{ include "dicom-adapter.exportStateDir" $root }}
+  subPath: export
+{{- end }}
+- name: data
+  mountPath: {{ include "dicom-adapter.stateDir" $root }}
+  subPath: state
+{{- end }}
+
 {{- define "dicom-adapter.configPath" -}}/etc/dicom-adapter/adapter.yaml{{- end }}
 
 {{/* Refuse configurations that cannot work, with a message naming the key. */}}
@@ -116,6 +176,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- if and .Values.networkPolicy.enabled (include "dicom-adapter.importerEnabled" .) (empty .Values.networkPolicy.pacsCidrs) }}
 {{- fail "networkPolicy.pacsCidrs: must list at least one PACS CIDR when networkPolicy.enabled and the importer runs (otherwise no association can reach it)" }}
+{{- end }}
+{{- if not (dig "health" "enabled" true .Values.config) }}
+{{- fail "config.health.enabled: must be true in Kubernetes (liveness/readiness probes and /metrics use it)" }}
 {{- end }}
 {{- if and (not (include "dicom-adapter.importerEnabled" .)) (not (include "dicom-adapter.exporterEnabled" .)) }}
 {{- fail "config.importer.enabled and config.exporter.enabled are both false: nothing to deploy" }}
@@ -136,7 +199,7 @@ prometheus.io/path: /metrics
 {{- define "dicom-adapter.container" -}}
 {{- $root := .root }}
 {{- $v := $root.Values }}
-{{- $wl := index $v .component }}
+{{- $wl := index $v .component -}}
 - name: {{ .component }}
   image: {{ include "dicom-adapter.image" $root | quote }}
   imagePullPolicy: {{ $v.image.pullPolicy }}
@@ -146,8 +209,10 @@ prometheus.io/path: /metrics
     - run
     - --config
     - {{ include "dicom-adapter.configPath" $root }}
+    {{- range splitList " " (include "dicom-adapter.plugins" .) }}
     - --only
-    - {{ .component }}
+    - {{ . }}
+    {{- end }}
   env:
     - name: POD_NAME
       valueFrom:
@@ -213,13 +278,7 @@ prometheus.io/path: /metrics
       readOnly: true
     - name: tmp
       mountPath: /tmp
-    {{- if eq .component "importer" }}
-    - name: spool
-      mountPath: {{ include "dicom-adapter.spoolPath" $root }}
-    {{- else }}
-    - name: export-state
-      mountPath: {{ include "dicom-adapter.exportStateDir" $root }}
-    {{- end }}
+    {{- include "dicom-adapter.dataMounts" . | trim | nindent 4 }}
     {{- if $v.existingSecret }}
     - name: credentials
       mountPath: {{ $v.existingSecretMountPath }}
