@@ -1,0 +1,203 @@
+"""Storage Commitment Push Model SCP (PS3.4 Annex J): commit only to what the store really has.
+
+The N-ACTION is answered at once; a background thread then checks each referenced instance in
+the DICOMweb store (QIDO-RS), waiting a bounded time for instances still in the spool, and sends
+the N-EVENT-REPORT over a new association to the requester, found by AE title among the
+configured move destinations (as the Java adapter's ``--aet_dictionary``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pynetdicom import AE, build_role
+from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
+
+from adapter.dicomweb.json_model import is_valid_uid
+from adapter.dicomweb.qido import QidoClient
+from adapter.errors import AdapterError
+from adapter.status import Status
+from importer.config import MoveDestination
+
+__all__ = ["CommitmentRequest", "StorageCommitmentScp"]
+
+log = logging.getLogger(__name__)
+
+STORAGE_COMMITMENT_INSTANCE = "1.2.840.10008.1.20.1.1"
+EVENT_ALL_SUCCESS, EVENT_SOME_FAILED = 1, 2
+FAILURE_NO_SUCH_OBJECT_INSTANCE = 0x0112
+FAILURE_PROCESSING = 0x0110
+
+
+@dataclass(frozen=True)
+class CommitmentRequest:
+    """One commitment transaction: who asked, and for which instances."""
+
+    transaction_uid: str
+    requester_ae: str
+    references: tuple[tuple[str, str], ...]  # (SOP Class UID, SOP Instance UID)
+
+
+def _reference(sop_class: str, sop_instance: str, reason: int | None = None) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = sop_class
+    item.ReferencedSOPInstanceUID = sop_instance
+    if reason is not None:
+        item.FailureReason = reason
+    return item
+
+
+class StorageCommitmentScp:
+    """Handles EVT_N_ACTION for Storage Commitment and reports the outcome asynchronously."""
+
+    def __init__(
+        self,
+        qido: QidoClient,
+        destinations: Mapping[str, MoveDestination],
+        ae_title: str,
+        wait_for_upload: float = 600.0,
+        poll_interval: float = 2.0,
+        is_pending: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.qido = qido
+        self.destinations = dict(destinations)
+        self.ae_title = ae_title
+        self.wait_for_upload = wait_for_upload
+        self.poll_interval = poll_interval
+        self.is_pending = is_pending  # True while the spool still holds the instance
+        self._threads: set[threading.Thread] = set()
+        self._stop = threading.Event()
+
+    def on_n_action(self, event: Any) -> tuple[int | Dataset, Dataset | None]:
+        """Validate the request and answer N-ACTION; the result follows by N-EVENT-REPORT."""
+        requester = str(event.assoc.requestor.ae_title).strip()
+        info = event.action_information
+        if event.action_type != 1:
+            return 0x0123, None  # No such action
+        if requester not in self.destinations:
+            log.warning(
+                "storage commitment from unknown AE %r (not a move destination)",
+                requester,
+                extra={"calling_ae": requester, "status": 0x0124},
+            )
+            return 0x0124, None  # Refused: not authorised (we could not report back)
+        try:
+            refs = tuple(
+                (str(i.ReferencedSOPClassUID), str(i.ReferencedSOPInstanceUID))
+                for i in info.ReferencedSOPSequence
+            )
+            transaction = str(info.TransactionUID)
+        except (AttributeError, TypeError, ValueError):
+            return 0x0115, None  # Invalid argument value
+        if not is_valid_uid(transaction) or not refs:
+            return 0x0115, None
+        request = CommitmentRequest(transaction, requester, refs)
+        thread = threading.Thread(
+            target=self._commit,
+            args=(request,),
+            daemon=True,
+            name=f"commitment-{transaction[-12:]}",
+        )
+        self._threads.add(thread)
+        thread.start()
+        log.info(
+            "storage commitment requested for %d instance(s)",
+            len(refs),
+            extra={"calling_ae": requester},
+        )
+        return Status.SUCCESS, None
+
+    def _stored(self, sop_instance: str) -> bool:
+        if not is_valid_uid(sop_instance):
+            return False
+        found = self.qido.search_for_instances(match={"SOPInstanceUID": sop_instance}, limit=1)
+        return any(True for _ in found)
+
+    def check(self, request: CommitmentRequest) -> tuple[list[Dataset], list[Dataset]]:
+        """Split references into (committed, failed), waiting while uploads are pending."""
+        deadline = time.monotonic() + self.wait_for_upload
+        missing = list(request.references)
+        committed: list[Dataset] = []
+        while True:
+            still: list[tuple[str, str]] = []
+            for sop_class, sop_instance in missing:
+                try:
+                    ok = self._stored(sop_instance)
+                except AdapterError:
+                    ok = False
+                (
+                    committed.append(_reference(sop_class, sop_instance))
+                    if ok
+                    else still.append((sop_class, sop_instance))
+                )
+            missing = still
+            pending = [m for m in missing if self.is_pending and self.is_pending(m[1])]
+            if not pending or time.monotonic() >= deadline or self._stop.wait(self.poll_interval):
+                break
+        failed = [_reference(c, i, FAILURE_NO_SUCH_OBJECT_INSTANCE) for c, i in missing]
+        return committed, failed
+
+    def _commit(self, request: CommitmentRequest) -> None:
+        try:
+            committed, failed = self.check(request)
+            self.report(request, committed, failed)
+        except Exception:
+            log.exception(
+                "storage commitment report failed", extra={"calling_ae": request.requester_ae}
+            )
+        finally:
+            self._threads.discard(threading.current_thread())
+
+    def report(
+        self, request: CommitmentRequest, committed: list[Dataset], failed: list[Dataset]
+    ) -> int:
+        """Send the N-EVENT-REPORT (PS3.4 J.3.3) to the requester; returns its status."""
+        destination = self.destinations[request.requester_ae]
+        ds = Dataset()
+        ds.TransactionUID = request.transaction_uid
+        if committed:
+            ds.ReferencedSOPSequence = DicomSequence(committed)
+        if failed:
+            ds.FailedSOPSequence = DicomSequence(failed)
+        event_type = EVENT_SOME_FAILED if failed else EVENT_ALL_SUCCESS
+        ae = AE(ae_title=self.ae_title)
+        ae.add_requested_context(StorageCommitmentPushModel)
+        role = build_role(StorageCommitmentPushModel, scp_role=True)
+        assoc = ae.associate(
+            destination.host, destination.port, ae_title=destination.name, ext_neg=[role]
+        )
+        if not assoc.is_established:
+            log.warning(
+                "storage commitment: cannot associate with %s to report",
+                destination.name,
+                extra={"calling_ae": request.requester_ae},
+            )
+            return -1
+        try:
+            status, _ = assoc.send_n_event_report(
+                ds, event_type, StorageCommitmentPushModel, STORAGE_COMMITMENT_INSTANCE
+            )
+        finally:
+            assoc.release()
+        code = int(getattr(status, "Status", -1))
+        log.info(
+            "storage commitment reported: %d committed, %d failed (0x%04X)",
+            len(committed),
+            len(failed),
+            code & 0xFFFF,
+            extra={"calling_ae": request.requester_ae},
+        )
+        return code
+
+    def stop(self, timeout: float) -> None:
+        """Stop waiting for uploads; reports still in flight finish with what is known."""
+        self._stop.set()
+        for thread in list(self._threads):
+            thread.join(timeout)
