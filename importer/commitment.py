@@ -132,11 +132,10 @@ class StorageCommitmentScp:
                     ok = self._stored(sop_instance)
                 except AdapterError:
                     ok = False
-                (
+                if ok:
                     committed.append(_reference(sop_class, sop_instance))
-                    if ok
-                    else still.append((sop_class, sop_instance))
-                )
+                else:
+                    still.append((sop_class, sop_instance))
             missing = still
             pending = [m for m in missing if self.is_pending and self.is_pending(m[1])]
             if not pending or time.monotonic() >= deadline or self._stop.wait(self.poll_interval):
