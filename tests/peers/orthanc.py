@@ -99,7 +99,7 @@ class OrthancPeer:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="orthanc-peer-")).resolve()
         self.aet = aet
         self.http_port = http_port
-        self.dicom_port_ = dicom_port
+        self._dicom_port = dicom_port
         self._ports_fixed = http_port is not None or dicom_port is not None
         self.modalities: dict[str, Modality] = dict(modalities or {})
         self.extra_plugins = [str(p) for p in extra_plugins]
@@ -123,9 +123,9 @@ class OrthancPeer:
 
     @property
     def dicom_port(self) -> int:
-        if self.dicom_port_ is None:
+        if self._dicom_port is None:
             raise OrthancError("Orthanc has no DICOM port yet: call start() first")
-        return self.dicom_port_
+        return self._dicom_port
 
     @property
     def http_url(self) -> str:
@@ -193,7 +193,7 @@ class OrthancPeer:
             "RestApiWriteToFileSystemEnabled": False,
             "DicomServerEnabled": True,
             "DicomAet": self.aet,
-            "DicomPort": self.dicom_port_,
+            "DicomPort": self._dicom_port,
             "DicomCheckCalledAet": self.check_called_aet,
             "StrictAetComparison": False,
             "DicomCheckModalityHost": False,
@@ -255,8 +255,8 @@ class OrthancPeer:
         for attempt in range(1, attempts + 1):
             if self.http_port is None:
                 self.http_port = free_port()
-            if self.dicom_port_ is None:
-                self.dicom_port_ = free_port()
+            if self._dicom_port is None:
+                self._dicom_port = free_port()
             try:
                 self._start_once()
                 self.start_count += 1
@@ -266,7 +266,7 @@ class OrthancPeer:
                     raise
                 # Most likely a port taken between free_port() and bind: pick new ones.
                 self.http_port = None
-                self.dicom_port_ = None
+                self._dicom_port = None
         raise AssertionError("unreachable")
 
     def _start_once(self) -> None:
@@ -281,7 +281,7 @@ class OrthancPeer:
                 self._answers,
                 timeout=self.startup_timeout,
                 interval=0.1,
-                what=f"Orthanc at {self.http_url} (DICOM port {self.dicom_port_})",
+                what=f"Orthanc at {self.http_url} (DICOM port {self._dicom_port})",
                 abort=lambda: describe_exit(self.proc),
             )
         except (TimeoutError, WaitAbortedError) as exc:
@@ -343,7 +343,7 @@ class OrthancPeer:
 
     def __repr__(self) -> str:
         return (
-            f"OrthancPeer(aet={self.aet!r}, http={self.http_port}, dicom={self.dicom_port_}, "
+            f"OrthancPeer(aet={self.aet!r}, http={self.http_port}, dicom={self._dicom_port}, "
             f"pid={self.pid}, running={self.is_running})"
         )
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -21,7 +21,7 @@ class WaitAbortedError(RuntimeError):
 
 
 def wait_until(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float,
     interval: float = 0.1,
     what: str = "condition",
@@ -73,15 +73,10 @@ def wait_until(
 
 
 _live: dict[int, subprocess.Popen[bytes]] = {}
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass
+# util-linux's setpriv (Essential on Debian) sets the parent-death signal and then execs the
+# command, so the PID stays the server's own. (A preexec_fn calling prctl would do the same but
+# is unsafe in a process with threads, such as one holding gRPC clients.)
+_SETPRIV = shutil.which("setpriv")
 
 
 def spawn(
@@ -94,23 +89,25 @@ def spawn(
 ) -> subprocess.Popen[bytes]:
     """Start ``cmd`` in its own session with stdout+stderr appended to ``log_path``.
 
-    With ``die_with_parent`` the child gets SIGTERM if the thread that spawned it dies (so a
-    killed pytest leaves no server behind); start long-lived peers from the main thread.
-    The process is also stopped at interpreter exit if still running.
+    With ``die_with_parent`` the child gets SIGTERM when the thread that spawned it ends (so a
+    killed pytest leaves no server behind): start long-lived peers from the main thread, not
+    from a short-lived worker thread. Live processes are also stopped at interpreter exit.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    argv = [os.fspath(c) for c in cmd]
+    if die_with_parent and _SETPRIV is not None:
+        argv = [_SETPRIV, "--pdeathsig", "TERM", "--", *argv]
     with open(log_path, "ab") as log:
-        log.write(f"\n===== starting: {' '.join(map(str, cmd))}\n".encode())
+        log.write(f"\n===== starting: {' '.join(argv)}\n".encode())
         log.flush()
         proc = subprocess.Popen(
-            [str(c) for c in cmd],
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             env=dict(env) if env is not None else None,
             cwd=str(cwd) if cwd is not None else None,
             start_new_session=True,
-            preexec_fn=_die_with_parent if die_with_parent else None,
         )
     _live[proc.pid] = proc
     return proc
