@@ -1,0 +1,293 @@
+"""Import measurements: (a) dcmtk -> dcmtk, (b) STOW-RS straight into Orthanc, (c) storescu ->
+dicom-adapter -> Orthanc until queryable, (d) the adapter's peak RSS with one big instance."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from benchmarks.data import Instance, Series
+from benchmarks.measure import Measurement, Timed, measure, say
+from benchmarks.procs import (
+    LOOPBACK,
+    AdapterProcess,
+    OrthancPeer,
+    RssSampler,
+    StoreScp,
+    cpu_seconds,
+    free_port,
+    fresh_orthanc,
+    own_cpu_seconds,
+    poll,
+    run_storescu,
+    run_storescu_groups,
+)
+from benchmarks.profiling import PySpy, summarise
+from benchmarks.stow import STOW_VARIANTS, stow_client_available
+from tests.peers.ports import is_listening
+from tests.peers.wait import describe_exit, spawn, stop_process, tail
+
+__all__ = ["ImportBench", "importer_available"]
+
+ADAPTER_AET = "IMPORTADAPTER"
+BATCH = 20
+
+
+def importer_available() -> str | None:
+    """None if the importer plugin builds services, else why it cannot run yet."""
+    root = Path(__file__).resolve().parent.parent
+    wanted = ("importer/upload.py", "importer/store_scp.py")
+    missing = [p for p in wanted if not (root / p).exists()]
+    if missing:
+        return f"importer not written yet ({', '.join(missing)} missing)"
+    if "raise NotImplementedError" in (root / "importer/plugin.py").read_text():
+        return "importer.plugin.ImporterPlugin.build still raises NotImplementedError"
+    return None
+
+
+def qido_instances(dicomweb: str, study: str, series: str) -> int:
+    """How many instances QIDO-RS finds in the series."""
+    r = requests.get(f"{dicomweb}/studies/{study}/series/{series}/instances",
+                     params={"includefield": "00080018"},
+                     headers={"Accept": "application/dicom+json"}, timeout=30)
+    if r.status_code == 204 or not r.content.strip():
+        return 0
+    r.raise_for_status()
+    return len(r.json())
+
+
+def wait_queryable(peer: OrthancPeer, series: Series, timeout: float) -> float:
+    """Poll (cheap /statistics first, then QIDO) until QIDO finds every instance; returns the
+    monotonic time when it did."""
+    expected = len(series.instances)
+
+    def done() -> float:  # 0.0 = not yet
+        if peer.instance_count() < expected:
+            return 0.0
+        found = qido_instances(peer.dicomweb_url, series.study_uid, series.series_uid)
+        return time.monotonic() if found >= expected else 0.0
+
+    return poll(done, timeout, f"{expected} instances queryable in Orthanc", interval=0.05)
+
+
+def _groups(paths: list[Path], n: int) -> list[list[Path]]:
+    return [paths[i::n] for i in range(n)]
+
+
+@dataclass
+class ImportBench:
+    """Owns a work dir; every measurement starts its peers fresh and stops them in finally."""
+
+    workdir: Path
+    runs: int
+    profile_dir: Path | None = None
+
+    def _tmp(self, name: str) -> Path:
+        path = self.workdir / name
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+    # ---------------------------------------------------------------- (a)
+    def dcmtk_to_dcmtk(self, series: Series, key: str = "a") -> Measurement:
+        scp = StoreScp(self._tmp(f"scp-ignore-{key}"), ignore=True)
+        n = len(series.instances)
+        mb = series.total_bytes / 1e6
+
+        def once(_i: int) -> Timed:
+            t0 = time.monotonic()
+            ok = run_storescu(scp.port, series.paths, scp.aet, timeout=60 + n + mb)
+            elapsed = time.monotonic() - t0
+            if ok != n:
+                raise RuntimeError(f"storescu: {ok} of {n} acknowledged")
+            return Timed(elapsed)
+
+        try:
+            scp.start()
+            return measure(key, "storescu -> storescp --ignore (1 assoc)", n,
+                           series.total_bytes, self.runs, once)
+        finally:
+            scp.stop()
+
+    # ---------------------------------------------------------------- (p)
+    def bare_pynetdicom(self, series: Series, associations: int) -> Measurement:
+        """storescu -> a pynetdicom SCP that answers Success without spooling (bare_scp.py)."""
+        n = len(series.instances)
+        key = f"p-a{associations}"
+        tmp = self._tmp(key)
+        port = free_port()
+        proc = spawn([sys.executable, "-m", "benchmarks.bare_scp", str(port)],
+                     tmp / "bare_scp.log", cwd=Path(__file__).resolve().parent.parent)
+        groups = _groups(series.paths, associations)
+
+        def once(_i: int) -> Timed:
+            cpu0 = cpu_seconds(proc.pid)
+            t0 = time.monotonic()
+            ok = run_storescu_groups(port, groups, "BARESCP", timeout=120 + n)
+            elapsed = time.monotonic() - t0
+            if ok != n:
+                raise RuntimeError(f"storescu: {ok} of {n} acknowledged")
+            return Timed(elapsed, {"scp_cpu_s": cpu_seconds(proc.pid) - cpu0})
+
+        try:
+            poll(lambda: is_listening(port) or describe_exit(proc), 30, "bare pynetdicom SCP")
+            if proc.poll() is not None:
+                raise RuntimeError(f"bare_scp exited: {tail(tmp / 'bare_scp.log')}")
+            return measure(key, f"storescu x{associations} -> bare pynetdicom SCP (no spool)",
+                           n, series.total_bytes, self.runs, once)
+        except Exception as exc:  # a setup failure is a failed row, not a crash
+            return Measurement(key, "bare pynetdicom SCP", n, series.total_bytes, error=str(exc))
+        finally:
+            stop_process(proc, timeout=10)
+
+    # ---------------------------------------------------------------- (b)
+    def stow_direct(self, series: Series, variant: str, concurrency: int,
+                    key: str | None = None) -> Measurement:
+        n = len(series.instances)
+        key = key or f"b-{variant}-c{concurrency}"
+        label = (f"STOW-RS -> Orthanc, {variant}, batch {min(BATCH, n)}, "
+                 f"concurrency {concurrency}")
+        why_not = stow_client_available() if variant == "StowClient" else None
+        if why_not:
+            return Measurement(key, label, n, series.total_bytes, error=why_not)
+        post = STOW_VARIANTS[variant]
+
+        def once(i: int) -> Timed:
+            peer = fresh_orthanc(self._tmp(f"orthanc-{key}-{i}"))
+            try:
+                assert peer.pid is not None
+                cpu0, own0 = cpu_seconds(peer.pid), own_cpu_seconds()
+                t0 = time.monotonic()
+                stored = post(peer.dicomweb_url, series.instances, BATCH, concurrency)
+                elapsed = time.monotonic() - t0
+                cpu = {"orthanc_cpu_s": cpu_seconds(peer.pid) - cpu0,
+                       "client_cpu_s": own_cpu_seconds() - own0}
+                count = peer.instance_count()
+                if stored != n or count != n:
+                    raise RuntimeError(f"{stored} stored by the answers, {count} in Orthanc, "
+                                       f"expected {n}")
+                return Timed(elapsed, cpu)
+            finally:
+                peer.cleanup()
+
+        return measure(key, label, n, series.total_bytes, self.runs, once)
+
+    # ---------------------------------------------------------------- (c), (d)
+    def _adapter(self, workdir: Path, peer: OrthancPeer, workers: int) -> AdapterProcess:
+        """The importer as the brief's site YAML describes it, on free ports."""
+        dimse_port = free_port()
+        config: dict[str, Any] = {
+            "site": "bench",
+            "log": {"format": "json", "level": "WARNING"},
+            "health": {"enabled": True, "bind": LOOPBACK, "port": free_port()},
+            "dicomweb": {"url": peer.dicomweb_url, "auth": {"kind": "none"}},
+            "state_dir": str(workdir / "state"),
+            "importer": {
+                "dimse": {"ae_title": ADAPTER_AET, "bind": LOOPBACK, "port": dimse_port},
+                "ack": "after-spool",
+                "spool": {"path": str(workdir / "spool")},
+                "upload": {"workers": workers, "batch_max_instances": BATCH},
+            },
+        }
+        return AdapterProcess(workdir / "adapter", config, dimse_port=dimse_port,
+                              name=f"adapter-{workdir.name}").start()
+
+    def through_adapter(self, series: Series, associations: int, workers: int = 4) -> Measurement:
+        n = len(series.instances)
+        key = f"c-a{associations}"
+        label = f"storescu x{associations} -> dicom-adapter -> Orthanc, until QIDO finds all"
+        why_not = importer_available()
+        if why_not:
+            return Measurement(key, label, n, series.total_bytes, error=why_not)
+        groups = _groups(series.paths, associations)
+
+        def once(i: int) -> Timed:
+            tmp = self._tmp(f"{key}-{i}")
+            say(f"{key}: starting Orthanc and dicom-adapter")
+            peer = fresh_orthanc(tmp / "orthanc")
+            adapter: AdapterProcess | None = None
+            spy: PySpy | None = None
+            try:
+                adapter = self._adapter(tmp, peer, workers)
+                say(f"{key}: sending {n} instances over {associations} association(s)")
+                if self.profile_dir is not None and i == 0:
+                    spy = PySpy(adapter.pid, self.profile_dir / f"profile-{key}.txt").start()
+                assert peer.pid is not None
+                cpu0 = (cpu_seconds(adapter.pid), cpu_seconds(peer.pid))
+                t0 = time.monotonic()
+                ok = run_storescu_groups(adapter.dimse_port or 0, groups, ADAPTER_AET,
+                                         timeout=120 + n)
+                acked = time.monotonic()
+                if ok != n:
+                    raise RuntimeError(f"storescu: {ok} of {n} acknowledged; adapter log: "
+                                       f"{adapter.log_tail()}")
+                done = wait_queryable(peer, series, timeout=120 + n)
+                extra: dict[str, Any] = {
+                    "ack_seconds": acked - t0,
+                    "adapter_cpu_s": cpu_seconds(adapter.pid) - cpu0[0],
+                    "orthanc_cpu_s": cpu_seconds(peer.pid) - cpu0[1],
+                }
+                if spy is not None:
+                    spy.stop()
+                    extra["profile"] = summarise(spy.out)
+                return Timed(done - t0, extra)
+            finally:
+                say(f"{key}: stopping peers")
+                if spy is not None:
+                    spy.stop()
+                if adapter is not None:
+                    adapter.stop()
+                peer.cleanup()
+                shutil.rmtree(tmp, ignore_errors=True)
+
+        return measure(key, label, n, series.total_bytes, self.runs, once)
+
+    def big_instance_rss(self, big: Instance) -> Measurement:
+        mb = big.size / 1e6
+        key = "d"
+        label = f"1 instance of {mb:.0f} MB through dicom-adapter: peak RSS"
+        why_not = importer_available()
+        if why_not:
+            return Measurement(key, label, 1, big.size, error=why_not)
+        single = Series(big.path.parent, [big])
+
+        def once(i: int) -> Timed:
+            tmp = self._tmp(f"d-{i}")
+            peer = fresh_orthanc(tmp / "orthanc")
+            adapter: AdapterProcess | None = None
+            try:
+                adapter = self._adapter(tmp, peer, workers=4)
+                assert peer.pid is not None
+                cpu0 = (cpu_seconds(adapter.pid), cpu_seconds(peer.pid))
+                with RssSampler(adapter.pid) as rss:
+                    t0 = time.monotonic()
+                    ok = run_storescu(adapter.dimse_port or 0, [big.path], ADAPTER_AET,
+                                      timeout=120 + mb)
+                    acked = time.monotonic()
+                    if ok != 1:
+                        raise RuntimeError(f"storescu: not acknowledged; {adapter.log_tail()}")
+                    done = wait_queryable(peer, single, timeout=120 + mb)
+                kib = 1024 / 1e6  # KiB -> MB
+                return Timed(done - t0, {
+                    "ack_seconds": acked - t0,
+                    "adapter_cpu_s": cpu_seconds(adapter.pid) - cpu0[0],
+                    "orthanc_cpu_s": cpu_seconds(peer.pid) - cpu0[1],
+                    "baseline_rss_mb": rss.baseline_kib * kib,
+                    "peak_rss_mb": rss.peak_rss_kib * kib,
+                    "vmhwm_mb": rss.hwm_kib * kib,
+                    "rss_samples": rss.samples,
+                })
+            finally:
+                if adapter is not None:
+                    adapter.stop()
+                peer.cleanup()
+                shutil.rmtree(tmp, ignore_errors=True)
+
+        say(f"d: {big.path} ({mb:.0f} MB)")
+        return measure(key, label, 1, big.size, self.runs, once)
