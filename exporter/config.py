@@ -8,10 +8,12 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from adapter.config import AeTitle, AuthConfig, ConfigModel, DicomwebConfig, Port
+from exporter.notification import SourceUrlKind
 
 __all__ = [
     "DicomwebDestination",
     "DimseDestination",
+    "EchoGuardConfig",
     "ExporterConfig",
     "FilterConfig",
     "PubSubConfig",
@@ -41,6 +43,7 @@ class DimseDestination(ConfigModel):
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(120.0, gt=0)
     network_timeout: float = Field(120.0, gt=0)
+    idle_timeout: float = Field(20.0, gt=0)  # release a kept-open association idle this long
 
 
 class DicomwebDestination(ConfigModel):
@@ -54,18 +57,39 @@ class DicomwebDestination(ConfigModel):
 
     def as_dicomweb(self) -> DicomwebConfig:
         return DicomwebConfig(
-            url=self.url, auth=self.auth,
-            connect_timeout=self.connect_timeout, read_timeout=self.read_timeout,
+            url=self.url,
+            auth=self.auth,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
         )
 
 
 class FilterConfig(ConfigModel):
     """Which notifications to export; all listed conditions must hold (empty = any)."""
 
-    actions: tuple[str, ...] = ("create", "store", "stored", "created")
+    # Matched case-insensitively; a message without ``action`` passes; deletions never do.
+    # StoreInstances / ImportDicomData: the Cloud Healthcare API's names.
+    actions: tuple[str, ...] = (
+        "create",
+        "store",
+        "stored",
+        "created",
+        "StoreInstances",
+        "ImportDicomData",
+    )
     modalities: tuple[str, ...] = ()
     store_names: tuple[str, ...] = ()
+    # DICOM keywords (e.g. InstitutionName) match the instance's header, other keys the message
+    # attributes; values are shell-style patterns.
     attributes: dict[str, str] = Field(default_factory=dict)
+
+
+class EchoGuardConfig(ConfigModel):
+    """Skip instances that the importer received from the destination (two-way sync)."""
+
+    enabled: bool = True
+    # AE titles the PACS calls us from; a DIMSE destination's ae_title is always included.
+    source_aets: tuple[AeTitle, ...] = ()
 
 
 class ExporterConfig(ConfigModel):
@@ -74,9 +98,10 @@ class ExporterConfig(ConfigModel):
     enabled: bool = True
     pubsub: PubSubConfig
     source: DicomwebConfig | None = None  # default: the top-level dicomweb
-    destination: Annotated[
-        DimseDestination | DicomwebDestination, Field(discriminator="kind")
-    ]
+    destination: Annotated[DimseDestination | DicomwebDestination, Field(discriminator="kind")]
+    # How source (or dicomweb) url relates to notification paths: see exporter.notification.
+    source_url_kind: SourceUrlKind = "auto"
     filters: FilterConfig = FilterConfig()
+    echo_guard: EchoGuardConfig = EchoGuardConfig()
     state_dir: Path = Path("/var/lib/dicom-adapter/export")
     workers: int = Field(8, ge=1, le=128)

@@ -36,7 +36,9 @@ ORTHANC_DICOM_PORT="${ORTHANC_DICOM_PORT:-4242}"
 ORTHANC_AET="${ORTHANC_AET:-ORTHANC}"
 ORTHANC_MODALITIES="${ORTHANC_MODALITIES:-}"
 ORTHANC_EXTRA_PLUGINS="${ORTHANC_EXTRA_PLUGINS:-}"
-ORTHANC_PYTHON_SCRIPT="${ORTHANC_PYTHON_SCRIPT:-}"
+# Default: the exporter's notifier, so stored instances are announced on the Pub/Sub topic like a
+# Cloud Healthcare DICOM store does (set ORTHANC_PYTHON_SCRIPT= to run Orthanc without it).
+ORTHANC_PYTHON_SCRIPT="${ORTHANC_PYTHON_SCRIPT-$ROOT/exporter/orthanc_notifier.py}"
 ORTHANC_EXTRA_CONFIG="${ORTHANC_EXTRA_CONFIG:-}"
 
 PUBSUB_BIN="${PUBSUB_EMULATOR_BIN:-/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator}"
@@ -161,6 +163,8 @@ write_orthanc_config() {
     ORTHANC_AET="$ORTHANC_AET" ORTHANC_MODALITIES="$ORTHANC_MODALITIES" \
     ORTHANC_EXTRA_PLUGINS="$ORTHANC_EXTRA_PLUGINS" ORTHANC_PYTHON_SCRIPT="$ORTHANC_PYTHON_SCRIPT" \
     ORTHANC_EXTRA_CONFIG="$ORTHANC_EXTRA_CONFIG" \
+    NOTIFIER_PUBSUB_HOST="$HOST:$PUBSUB_PORT" NOTIFIER_PROJECT="$PUBSUB_PROJECT" \
+    NOTIFIER_TOPIC="$PUBSUB_TOPIC" \
     python3 - >"$STATE/orthanc/orthanc.json" <<'PY'
 import json, os, re, sys
 
@@ -173,6 +177,13 @@ plugins = [os.path.join(plugin_dir, "libOrthancDicomWeb.so")]
 # or list native plugins in ORTHANC_EXTRA_PLUGINS (colon-separated .so paths).
 plugins += [p for p in re.split(r"[:\s]+", env.get("ORTHANC_EXTRA_PLUGINS", "")) if p]
 python_script = env.get("ORTHANC_PYTHON_SCRIPT", "")
+# exporter/orthanc_notifier.py reads this section (see its docstring).
+notifier = {
+    "PubSubHost": env["NOTIFIER_PUBSUB_HOST"],
+    "Project": env["NOTIFIER_PROJECT"],
+    "Topic": env["NOTIFIER_TOPIC"],
+    "StoreName": "orthanc",
+}
 # -------------------------------------------------------------------------------------------
 
 modalities = {}
@@ -226,6 +237,7 @@ if python_script:
     config["Plugins"].append(os.path.join(plugin_dir, "libOrthancPython.so"))
     config["PythonScript"] = os.path.abspath(python_script)
     config["PythonVerbose"] = False
+    config["DicomAdapterNotifier"] = notifier
 extra = env.get("ORTHANC_EXTRA_CONFIG", "").strip()
 if extra:
     config.update(json.loads(extra))

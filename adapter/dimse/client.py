@@ -1,0 +1,363 @@
+"""C-STORE SCU (PS3.4 Annex B) to one PACS over a small pool of reusable associations.
+
+Each instance is offered in its own transfer syntax and, in a second presentation context, in the
+uncompressed ones (PS3.5 A.2, A.1); when the PACS takes only the latter, pydicom decodes it.
+Sockets set TCP_NODELAY (about 40 ms per DIMSE message without it, see PERFORMANCE-NOTES).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, _config, build_context, evt
+from pynetdicom.association import Association
+from pynetdicom.dsutils import split_dataset
+from pynetdicom.status import code_to_category
+from pynetdicom.transport import AssociationSocket
+
+from adapter.errors import PermanentError, TransientError
+from adapter.status import Status
+
+__all__ = ["FALLBACK_TRANSFER_SYNTAXES", "MAX_CONTEXTS", "StoreScu", "classify_store_status"]
+
+log = logging.getLogger(__name__)
+
+# Set once, here: a Part-10 file given by path is sent without decoding (byte-exact, flat
+# memory), on an exact transfer syntax match only. Datasets (conversions) are unaffected.
+_config.STORE_SEND_CHUNKED_DATASET = True
+
+FALLBACK_TRANSFER_SYNTAXES: tuple[UID, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: odd context IDs 1-255
+# Processing failure, resource limitation, cancel: worth another try (bounded by the caller).
+_TRANSIENT_FAILURES = frozenset({0x0110, 0x0213, 0xFE00})
+
+ContextKey = tuple[str, tuple[str, ...]]
+Outcome = Literal["success", "warning", "transient", "permanent"]
+
+
+def classify_store_status(status: int) -> Outcome:
+    """Success/Warning deliver; 0xA7xx, 0x0110, 0x0213, 0xFE00 are worth a retry; other failures
+    (0x0122, 0x0117, 0x0124, 0xA9xx, 0xCxxx) are not (PS3.4 B.2.3, PS3.7 C)."""
+    category = code_to_category(status)
+    if category == "Success":
+        return "success"
+    if category == "Warning":
+        return "warning"
+    if 0xA700 <= status <= 0xA7FF or status in _TRANSIENT_FAILURES:
+        return "transient"
+    return "permanent"
+
+
+class _NoDelayAE(AE):
+    """An AE whose association sockets set TCP_NODELAY before connecting."""
+
+    def _create_socket(self, assoc: Association, address: Any, tls_args: Any) -> AssociationSocket:
+        sock: AssociationSocket = super()._create_socket(assoc, address, tls_args)
+        if sock.socket is not None:
+            sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+
+def _keep_responses(assoc: Association, inflight: Callable[[], int | None]) -> None:
+    """Work around a pynetdicom 3.0 race (cf. pynetdicom issue #875): its reactor thread can take
+    a C-STORE response off the queue before ``send_c_store`` waits for it ("Received unexpected
+    C-STORE service message"), leaving the sender waiting until the DIMSE timeout. A response to
+    the request in flight is put back for the sender instead of being dropped."""
+    serve = assoc._serve_request
+
+    def serve_request(msg: Any, context_id: int) -> None:
+        expected = inflight()
+        if expected is not None and getattr(msg, "MessageIDBeingRespondedTo", None) == expected:
+            log.debug("C-STORE response %d handed back from the reactor", expected)
+            assoc.dimse.msg_queue.put((context_id, msg))
+            return
+        serve(msg, context_id)
+
+    assoc._serve_request = serve_request  # type: ignore[method-assign]
+
+
+class _NoResponseError(TransientError):
+    """The association broke or timed out while a C-STORE awaited its response."""
+
+
+@dataclass
+class _Link:
+    """One pooled association and the presentation contexts it proposed."""
+
+    assoc: Association | None = None
+    proposed: frozenset[ContextKey] = frozenset()
+    last_used: float = 0.0
+    msg_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    inflight: int | None = None  # Message ID of the C-STORE awaiting its response
+
+    @property
+    def established(self) -> bool:
+        return self.assoc is not None and bool(self.assoc.is_established)
+
+    def next_msg_id(self) -> int:
+        return (next(self.msg_ids) - 1) % 0xFFFF + 1
+
+    def drop(self, abort: bool = False) -> None:
+        """Release (or abort) the association; the link can be associated again later."""
+        assoc, self.assoc, self.proposed = self.assoc, None, frozenset()
+        if assoc is not None and assoc.is_established:
+            try:
+                assoc.abort() if abort else assoc.release()
+            except Exception:  # a peer that vanished mid-release: nothing more to do
+                log.debug("closing association failed", exc_info=True)
+
+
+class StoreScu:
+    """Sends Part-10 files by C-STORE to one PACS, over at most ``pool_size`` associations.
+
+    Associations are kept open between instances and re-negotiated when an instance needs a
+    SOP class / transfer syntax they did not propose, when idle too long, or after an abort.
+    """
+
+    def __init__(
+        self,
+        ae_title: str,
+        host: str,
+        port: int,
+        *,
+        calling_ae_title: str = "EXPORTADAPTER",
+        pool_size: int = 4,
+        acse_timeout: float = 30.0,
+        dimse_timeout: float = 120.0,
+        network_timeout: float = 120.0,
+        connection_timeout: float = 10.0,
+        idle_timeout: float = 20.0,
+        checkout_timeout: float | None = None,
+    ) -> None:
+        self.ae_title, self.host, self.port = ae_title, host, port
+        self.pool_size = pool_size
+        self.idle_timeout = idle_timeout
+        self.checkout_timeout = checkout_timeout if checkout_timeout is not None else dimse_timeout
+        self._ae = _NoDelayAE(ae_title=calling_ae_title)
+        self._ae.acse_timeout = acse_timeout
+        self._ae.dimse_timeout = dimse_timeout
+        self._ae.network_timeout = network_timeout
+        self._ae.connection_timeout = connection_timeout
+        self._cond = threading.Condition()
+        self._idle: list[_Link] = []
+        self._links = 0
+        self._known: OrderedDict[ContextKey, None] = OrderedDict()
+        self._closed = False
+
+    @property
+    def peer(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+    # ------------------------------------------------------------------------------ public
+    def send_file(self, path: Path | str) -> int:
+        """C-STORE one Part-10 file; returns the Success or Warning status.
+
+        Raises TransientError (PACS down/busy, 0xA7xx, abort, timeout) or PermanentError
+        (SOP class refused, 0xA9xx/0xCxxx, no decoder for a needed conversion).
+        """
+        path = Path(path)
+        meta, offset = split_dataset(path)
+        sop_class = UID(str(meta.MediaStorageSOPClassUID))
+        transfer_syntax = UID(str(meta.TransferSyntaxUID))
+        # A data set has an even length (PS3.5 A.5 pads a deflated stream; dcmtk refuses odd
+        # PDV fragments): an unpadded file is re-encoded by pynetdicom, which pads.
+        odd = (path.stat().st_size - offset) % 2 == 1
+        needed = self._contexts_for(sop_class, transfer_syntax)
+        for attempt in (1, 2):
+            link = self._checkout(needed)
+            reused = False
+            try:
+                reused = self._ensure(link, needed)
+                status = self._store(link, path, sop_class, transfer_syntax, odd)
+            except _NoResponseError:
+                link.drop(abort=True)
+                if reused and attempt == 1:  # a kept-open association the PACS had dropped
+                    log.info("kept-open association to %s failed; retrying on a new one", self.peer)
+                    continue
+                raise
+            finally:
+                self._checkin(link)
+            return status
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def close(self) -> None:
+        """Release every idle association; busy ones are released when handed back."""
+        with self._cond:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._links -= len(idle)
+            self._cond.notify_all()
+        for link in idle:
+            link.drop()
+
+    # ------------------------------------------------------------------------------ pool
+    @staticmethod
+    def _contexts_for(sop_class: UID, transfer_syntax: UID) -> frozenset[ContextKey]:
+        """The instance's own syntax alone, plus the uncompressed fallbacks in one context."""
+        return frozenset(
+            {
+                (str(sop_class), (str(transfer_syntax),)),
+                (str(sop_class), tuple(str(ts) for ts in FALLBACK_TRANSFER_SYNTAXES)),
+            }
+        )
+
+    def _checkout(self, needed: frozenset[ContextKey]) -> _Link:
+        deadline = time.monotonic() + self.checkout_timeout
+        with self._cond:
+            for key in sorted(needed):
+                self._known[key] = None
+                self._known.move_to_end(key)
+            while len(self._known) > MAX_CONTEXTS:
+                self._known.popitem(last=False)
+            while True:
+                if self._closed:
+                    raise TransientError(f"C-STORE to {self.peer}: the SCU is shutting down")
+                for link in self._idle:
+                    if needed <= link.proposed:
+                        self._idle.remove(link)
+                        return link
+                if self._idle:
+                    return self._idle.pop(0)
+                if self._links < self.pool_size:
+                    self._links += 1
+                    return _Link()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TransientError(
+                        f"C-STORE to {self.peer}: no free association within "
+                        f"{self.checkout_timeout:.0f}s (pool of {self.pool_size})"
+                    )
+                self._cond.wait(remaining)
+
+    def _checkin(self, link: _Link) -> None:
+        link.last_used = time.monotonic()
+        with self._cond:
+            if self._closed:
+                self._links -= 1
+            else:
+                self._idle.append(link)
+            self._cond.notify()
+        if self._closed:
+            link.drop()
+
+    def _ensure(self, link: _Link, needed: frozenset[ContextKey]) -> bool:
+        """Make ``link`` an association that proposed ``needed``; True if it was kept open."""
+        fresh_enough = time.monotonic() - link.last_used < self.idle_timeout
+        if link.established and needed <= link.proposed and fresh_enough:
+            return True
+        link.drop()
+        with self._cond:
+            keys = list(self._known)[-MAX_CONTEXTS:]
+        contexts = [build_context(cls, list(syntaxes)) for cls, syntaxes in keys]
+        connected: list[bool] = []
+        assoc = self._ae.associate(
+            self.host,
+            self.port,
+            contexts=contexts,
+            ae_title=self.ae_title,
+            evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: connected.append(True))],
+        )
+        if not assoc.is_established:
+            raise self._association_error(assoc, bool(connected))
+        _keep_responses(assoc, lambda: link.inflight)
+        link.assoc, link.proposed = assoc, frozenset(keys)
+        return False
+
+    def _association_error(
+        self, assoc: Association, connected: bool
+    ) -> TransientError | PermanentError:
+        where = f"association with {self.peer}"
+        if not connected:
+            return TransientError(f"{where} failed: cannot connect (PACS down or unreachable?)")
+        if assoc.is_rejected:
+            rsp = assoc.acceptor.primitive
+            why = f"{rsp.result_str}, {rsp.source_str}: {rsp.reason_str}" if rsp else "rejected"
+            if rsp is not None and rsp.result == 0x01:  # rejected-permanent (PS3.8 7.1.1.9)
+                return PermanentError(
+                    f"{where} rejected ({why}): check destination.ae_title and that the PACS "
+                    "knows our calling AE title"
+                )
+            return TransientError(f"{where} rejected ({why})")
+        if assoc.is_aborted and assoc.rejected_contexts and not assoc.accepted_contexts:
+            refused = sorted({UID(str(cx.abstract_syntax)).name for cx in assoc.rejected_contexts})
+            return PermanentError(  # PS3.8 9.3.3.2: every context refused -> we abort
+                f"{where}: the PACS accepted no presentation context for "
+                f"{', '.join(refused)} (SOP class or transfer syntaxes not supported)",
+                failure_reason=Status.SOP_CLASS_NOT_SUPPORTED,
+            )
+        if assoc.is_aborted:
+            return TransientError(f"{where} aborted during negotiation")
+        return TransientError(f"{where} failed: no answer within {self._ae.acse_timeout:.0f}s")
+
+    # ------------------------------------------------------------------------------ C-STORE
+    def _store(
+        self, link: _Link, path: Path, sop_class: UID, transfer_syntax: UID, odd: bool
+    ) -> int:
+        assoc = link.assoc
+        assert assoc is not None
+        accepted = [
+            cx for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class and cx.as_scu
+        ]
+        exact = [cx for cx in accepted if cx.transfer_syntax[0] == transfer_syntax]
+        if exact:
+            dataset: Path | Dataset = dcmread(path) if odd else path
+        elif accepted:
+            target = accepted[0].transfer_syntax[0]
+            dataset = self._convert(path, sop_class, transfer_syntax, target)
+        else:
+            raise PermanentError(
+                f"C-STORE to {self.peer}: the PACS accepted no presentation context for "
+                f"{sop_class.name} ({sop_class}) in {transfer_syntax.name} or uncompressed",
+                failure_reason=Status.SOP_CLASS_NOT_SUPPORTED,
+            )
+        link.inflight = link.next_msg_id()
+        try:
+            rsp = assoc.send_c_store(dataset, msg_id=link.inflight)
+        except (ValueError, AttributeError) as exc:  # encoding or context errors from pynetdicom
+            raise PermanentError(f"C-STORE to {self.peer}: cannot send {path.name}: {exc}") from exc
+        finally:
+            link.inflight = None
+        if "Status" not in rsp:
+            raise _NoResponseError(
+                f"C-STORE to {self.peer}: no response (timeout, abort or invalid reply)"
+            )
+        status = int(rsp.Status)
+        outcome = classify_store_status(status)
+        if outcome in ("success", "warning"):
+            return status
+        comment = f" ({rsp.ErrorComment})" if "ErrorComment" in rsp else ""
+        message = f"C-STORE to {self.peer} failed with status 0x{status:04X}{comment}"
+        if outcome == "transient":
+            raise TransientError(message)
+        raise PermanentError(message, failure_reason=status)
+
+    def _convert(self, path: Path, sop_class: UID, source: UID, target: UID) -> Dataset:
+        """Decode ``path`` so pynetdicom can encode it in the uncompressed ``target`` syntax."""
+        what = (
+            f"C-STORE to {self.peer}: the PACS accepted {sop_class.name} only in {target.name}, "
+            f"not {source.name}"
+        )
+        if not source.is_little_endian:
+            raise PermanentError(f"{what}; converting from big endian is not supported")
+        ds = dcmread(path)
+        if source.is_compressed:
+            try:
+                ds.decompress(generate_instance_uid=False, as_rgb=True)
+            except Exception as exc:  # pydicom: NotImplementedError/RuntimeError/ValueError
+                raise PermanentError(
+                    f"{what}; cannot decompress {source.name}: {str(exc)[:300]}"
+                ) from exc
+        log.info("converted %s from %s for %s", path.name, source.name, self.peer)
+        return ds
