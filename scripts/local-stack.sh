@@ -334,6 +334,7 @@ cmd_up() {
 cmd_down() {
     stop_pid pubsub cloud-pubsub-emulator
     stop_pid orthanc "$ORTHANC_BIN"
+    stop_pid pacs storescp  # the local PACS started by scripts/run-local.sh, if any
 }
 
 cmd_status() {

@@ -34,7 +34,7 @@ bash scripts/local-stack.sh up
 mkdir -p .local-stack/pacs/received
 if ! { [ -f .local-stack/pacs.pid ] && kill -0 "$(cat .local-stack/pacs.pid)" 2>/dev/null; }; then
   say "starting a local PACS (dcmtk storescp LOCALPACS on 127.0.0.1:11112)"
-  TCP_NODELAY=1 storescp --aetitle LOCALPACS +xa -od .local-stack/pacs/received -uf \
+  TCP_NODELAY=1 storescp --fork --aetitle LOCALPACS +xa -od .local-stack/pacs/received -uf \
     11112 >.local-stack/pacs.log 2>&1 &
   echo $! > .local-stack/pacs.pid
 fi
