@@ -9,7 +9,7 @@ from pydantic import ByteSize, Field
 
 from adapter.config import AeTitle, ConfigModel, DimseServerConfig, Port
 
-__all__ = ["ImporterConfig", "MoveDestination", "SpoolConfig", "UploadConfig"]
+__all__ = ["ImporterConfig", "MoveDestination", "QueryConfig", "SpoolConfig", "UploadConfig"]
 
 
 class SpoolConfig(ConfigModel):
@@ -30,6 +30,14 @@ class UploadConfig(ConfigModel):
     on_conflict: Literal["done", "overwrite"] = "done"
 
 
+class QueryConfig(ConfigModel):
+    """C-FIND / C-MOVE / C-GET from the store: QIDO-RS paging, never truncated silently."""
+
+    page_size: int = Field(1000, ge=1, le=100000)
+    max_results: int | None = Field(None, ge=1)  # over it: a clear failure, not a cut list
+    commitment_wait: float = Field(600.0, ge=0)  # storage commitment: wait for the spool
+
+
 class MoveDestination(ConfigModel):
     """A C-MOVE destination AE (the Java adapter's ``--aet_dictionary`` entry)."""
 
@@ -48,6 +56,7 @@ class ImporterConfig(ConfigModel):
     upload: UploadConfig = UploadConfig()
     dead_letter_path: Path | None = None  # default: <spool.path>/../deadletter
     move_destinations: tuple[MoveDestination, ...] = ()  # C-MOVE destinations by AE title
+    query: QueryConfig = QueryConfig()
 
     @property
     def dead_letter_dir(self) -> Path:

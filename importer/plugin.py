@@ -3,17 +3,56 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import ClassVar
 
+from pynetdicom import evt
+
 from adapter.config import CoreConfig
-from adapter.deadletter import DeadLetterQueue
+from adapter.deadletter import DeadLetter, DeadLetterQueue
+from adapter.dicomweb.qido import QidoClient
+from adapter.dicomweb.stow import StowClient
+from adapter.dicomweb.wado import WadoClient
+from adapter.dimse.contexts import (
+    query_retrieve_contexts,
+    storage_commitment_context,
+    storage_contexts,
+)
+from adapter.dimse.server import DimseServer
 from adapter.plugin import PluginContext
+from adapter.provenance import ProvenanceLog
 from adapter.service import Service
+from adapter.spool import Spool, adopt_into_spool
+from importer.commitment import StorageCommitmentScp
 from importer.config import ImporterConfig
+from importer.find_scp import FindScp
+from importer.retrieve_scp import RetrieveScp
+from importer.store_scp import StoreScp
+from importer.upload import UploadService
+
+
+class _CommitmentReports:
+    """Storage commitment reports run in background threads: a Service so that shutdown
+    lets them finish (PS3.4 J.3.3)."""
+
+    name = "commitment"
+
+    def __init__(self, scp: StorageCommitmentScp) -> None:
+        self.scp = scp
+
+    def start(self) -> None:
+        pass
+
+    def stop(self, timeout: float) -> None:
+        self.scp.stop(timeout)
+
+    def readiness(self) -> dict[str, bool]:
+        return {}
 
 
 class ImporterPlugin:
-    """PACS -> DICOMweb: a DIMSE SCP whose C-STOREs are spooled and uploaded by STOW-RS."""
+    """PACS -> DICOMweb: a DIMSE SCP whose C-STOREs are spooled and uploaded by STOW-RS; it
+    also answers C-FIND/C-MOVE/C-GET and storage commitment from the store."""
 
     name: ClassVar[str] = "importer"
     config_model: ClassVar[type[ImporterConfig]] = ImporterConfig
@@ -24,7 +63,69 @@ class ImporterPlugin:
         return []
 
     def build(self, context: PluginContext, config: ImporterConfig) -> Sequence[Service]:
-        raise NotImplementedError  # filled by the import path
+        """Workers first, listener last: stopped in reverse, the listener closes before the
+        commitment reports and the upload workers drain."""
+        core = context.core
+        assert core.dicomweb is not None  # check() made sure
+        url = core.dicomweb.url
+        session = context.dicomweb_session(core.dicomweb)
+        spool = Spool(
+            config.spool.path,
+            max_bytes=int(config.spool.max_bytes),
+            min_free_bytes=int(config.spool.min_free_bytes),
+            dead_letters=self.dead_letters(core, config),
+        )
+        upload = UploadService(
+            spool,
+            StowClient(session, url),
+            context.retry_policy(),
+            config.upload,
+            owns_spool=True,
+            linger=0.0 if config.ack == "after-upload" else None,
+        )
+        store = StoreScp(
+            spool,
+            ProvenanceLog(core.state_dir / "provenance.sqlite"),
+            ack=config.ack,
+            upload_timeout=config.dimse.dimse_timeout,
+        )
+        qido = QidoClient(
+            session, url, page_size=config.query.page_size, max_results=config.query.max_results
+        )
+        destinations = {d.name: d for d in config.move_destinations}
+        retrieve_dir = config.spool.path / "retrieve"  # WADO-RS downloads, one at a time
+        retrieve_dir.mkdir(parents=True, exist_ok=True)
+        retrieve = RetrieveScp(qido, WadoClient(session, url), destinations, retrieve_dir)
+        commitment = StorageCommitmentScp(
+            qido,
+            destinations,
+            config.dimse.ae_title,
+            wait_for_upload=config.query.commitment_wait,
+            is_pending=spool.holds,
+        )
+        handlers = [
+            *store.handlers(),
+            (evt.EVT_C_FIND, FindScp(qido).on_c_find),
+            (evt.EVT_C_MOVE, retrieve.on_c_move),
+            (evt.EVT_C_GET, retrieve.on_c_get),
+            (evt.EVT_N_ACTION, commitment.on_n_action),
+        ]
+        contexts = [
+            *storage_contexts(both_roles=True),
+            *query_retrieve_contexts(),
+            storage_commitment_context(),
+        ]
+        server = DimseServer(config.dimse, handlers, contexts, receive_dir=spool.incoming_dir)
+        return [upload, _CommitmentReports(commitment), server]
 
     def dead_letters(self, core: CoreConfig, config: ImporterConfig) -> DeadLetterQueue | None:
-        return DeadLetterQueue(config.dead_letter_dir, self.name)
+        """Dead letters whose retry moves the file back into the spool (picked up by the
+        running importer at its next rescan)."""
+        spool_path = config.spool.path
+
+        def requeue(entry: DeadLetter, payload: Path | None) -> None:
+            if payload is None:
+                raise RuntimeError(f"dead letter {entry.id} has no instance file to retry")
+            adopt_into_spool(spool_path, payload)
+
+        return DeadLetterQueue(config.dead_letter_dir, self.name, requeue=requeue)

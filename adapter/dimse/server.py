@@ -1,0 +1,372 @@
+"""The DIMSE listener (PS3.8 association acceptor) shared by the importer's SCPs.
+
+A pynetdicom AE with our AE title, calling-AE allow-list, association limit, timeouts and
+optional TLS (PS3.15 B.1); TCP_NODELAY on every accepted socket (without it each DIMSE response
+waits ~40 ms for a delayed ACK, see shared/PERFORMANCE-NOTES.md). pynetdicom's process-global
+``_config`` is set here and only here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import ssl
+import tempfile
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import pynetdicom.dimse_messages
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE, _config, evt
+from pynetdicom.events import Event, EventType
+from pynetdicom.presentation import PresentationContext
+
+from adapter import metrics
+from adapter.config import DimseServerConfig, TlsConfig
+from adapter.dimse.contexts import COMPRESSED_TRANSFER_SYNTAXES, verification_context
+
+__all__ = ["DimseServer", "Handler", "ssl_context_for"]
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[..., Any]
+
+# ------------------------------------------------------------------ pynetdicom, set once
+# Receive C-STORE data sets straight into a file (no decode, flat memory): event.dataset_path.
+_config.STORE_RECV_CHUNKED_DATASET = True
+# Send a Part-10 file given by path as its raw data set, in PDU-sized chunks, never decoded
+# (C-MOVE/C-GET sub-operations, the exporter's C-STORE SCU); needs an exact-syntax context.
+_config.STORE_SEND_CHUNKED_DATASET = True
+
+#: AE -> directory for its chunked C-STORE files, so they land on the spool's filesystem and
+#: can be renamed into the spool instead of copied.
+_RECEIVE_DIRS: weakref.WeakKeyDictionary[AE, Path] = weakref.WeakKeyDictionary()
+
+
+def _named_temporary_file(*args: Any, **kwargs: Any) -> IO[bytes]:
+    """pynetdicom opens the chunked file from the association's DUL thread: put it in that
+    AE's receive directory (else the system temp dir, as before)."""
+    assoc = getattr(threading.current_thread(), "assoc", None)
+    ae = getattr(assoc, "ae", None)
+    directory = _RECEIVE_DIRS.get(ae) if ae is not None else None
+    if directory is not None and "dir" not in kwargs:
+        kwargs["dir"] = directory
+    return tempfile.NamedTemporaryFile(*args, **kwargs)
+
+
+setattr(pynetdicom.dimse_messages, "NamedTemporaryFile", _named_temporary_file)  # noqa: B010
+
+#: Among syntaxes a requestor ranks equally: keep compressed data compressed, then the richest
+#: uncompressed encoding (Deflated, Explicit VR LE, Implicit VR LE, Explicit VR BE).
+_TIE_ORDER: dict[str, int] = {
+    ts: i
+    for i, ts in enumerate(
+        [
+            *COMPRESSED_TRANSFER_SYNTAXES,
+            DeflatedExplicitVRLittleEndian,
+            ExplicitVRLittleEndian,
+            ImplicitVRLittleEndian,
+            ExplicitVRBigEndian,
+        ]
+    )
+}
+
+_SERVICE_OF_EVENT: dict[EventType, str] = {evt.EVT_C_ECHO: "C-ECHO", evt.EVT_C_STORE: "C-STORE"}
+
+
+class _UntrustedValueFilter(logging.Filter):
+    """pynetdicom and pydicom quote peer-supplied values (a 10,000-character UID, NULs) in
+    their log lines and tracebacks: keep such lines short and printable."""
+
+    LIMIT = 2000
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            text += f" ({type(exc).__name__}: {exc})"
+            record.exc_info, record.exc_text = None, None
+        if len(text) > self.LIMIT or not text.isprintable():
+            text = text[: self.LIMIT].encode("unicode_escape").decode("ascii")
+            text = text[: self.LIMIT] + ("..." if len(record.getMessage()) > self.LIMIT else "")
+        record.msg, record.args = text, None
+        return True
+
+
+_FILTER = _UntrustedValueFilter()
+for _name in ["pydicom", "pynetdicom", *logging.Logger.manager.loggerDict]:
+    if _name == "pydicom" or _name.startswith("pynetdicom"):
+        logging.getLogger(_name).addFilter(_FILTER)
+# pydicom also *warns* (besides logging) about every invalid UI value it decodes: with UIDs
+# chosen by peers that is unbounded noise on stderr; we validate and log them ourselves.
+warnings.filterwarnings(
+    "ignore",
+    message=r"(Invalid value for VR UI|The value length \(\d+\) exceeds the "
+    r"maximum length of 64 allowed for VR UI)",
+    category=UserWarning,
+)
+
+
+class _LazyHandshakeContext(ssl.SSLContext):
+    """pynetdicom wraps accepted sockets in its single accept thread, where a client that
+    connects and never handshakes would block every other one: defer the handshake to the
+    first read, in that association's own thread."""
+
+    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
+        kwargs["do_handshake_on_connect"] = False
+        return super().wrap_socket(sock, *args, **kwargs)
+
+
+def ssl_context_for(tls: TlsConfig) -> ssl.SSLContext:
+    """Server-side TLS context (PS3.15 B.1): our certificate; the CA (and a client certificate)
+    if set; TLS 1.2 or later."""
+    ctx = _LazyHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    assert tls.cert_file is not None and tls.key_file is not None
+    ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    if tls.ca_file is not None:
+        ctx.load_verify_locations(str(tls.ca_file))
+        ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def on_c_echo(event: Event) -> int:
+    """C-ECHO (PS3.4 A.4): we are here."""
+    return 0x0000
+
+
+def _status_of(result: Any) -> int:
+    if isinstance(result, Dataset):
+        return int(result.get("Status", 0xC000))
+    return int(result) if isinstance(result, int) else 0xC000
+
+
+def _peer(event: Event) -> str:
+    info = event.assoc.requestor
+    return f"{info.address}:{info.port}"
+
+
+def _counted(service: str, handler: Handler) -> Handler:
+    """Wrap a non-generator handler to count its statuses and time it."""
+
+    def wrapper(event: Event, *args: Any) -> Any:
+        start = time.perf_counter()
+        result = handler(event, *args)
+        metrics.DIMSE_REQUEST_DURATION_SECONDS.labels(service=service).observe(
+            time.perf_counter() - start
+        )
+        metrics.DIMSE_REQUESTS_TOTAL.labels(
+            service=service, status=metrics.dimse_status_label(_status_of(result))
+        ).inc()
+        return result
+
+    return wrapper
+
+
+class DimseServer:
+    """A Service: the association acceptor with our handlers bound."""
+
+    def __init__(
+        self,
+        config: DimseServerConfig,
+        handlers: Sequence[tuple[EventType, Handler]],
+        contexts: Sequence[PresentationContext],
+        *,
+        receive_dir: Path | None = None,
+        require_called_aet: bool = False,
+        name: str = "dimse",
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.ae = AE(ae_title=config.ae_title)
+        ae = self.ae
+        ae.maximum_associations = config.max_associations
+        ae.maximum_pdu_size = config.maximum_pdu_size
+        ae.acse_timeout = config.acse_timeout
+        ae.dimse_timeout = config.dimse_timeout
+        ae.network_timeout = config.network_timeout
+        ae.require_called_aet = require_called_aet
+        ae.require_calling_aet = list(config.allowed_calling_aets)
+        all_contexts = list(contexts)
+        if not any(
+            cx.abstract_syntax == verification_context().abstract_syntax for cx in all_contexts
+        ):
+            all_contexts.append(verification_context())
+        ae.supported_contexts = all_contexts
+        if receive_dir is not None:
+            Path(receive_dir).mkdir(parents=True, exist_ok=True)
+            _RECEIVE_DIRS[ae] = Path(receive_dir)
+        user = list(handlers)
+        if evt.EVT_C_ECHO not in {event for event, _ in user}:
+            user.append((evt.EVT_C_ECHO, on_c_echo))
+        self._handlers: list[tuple[EventType, Handler]] = [
+            (event, _counted(_SERVICE_OF_EVENT[event], h) if event in _SERVICE_OF_EVENT else h)
+            for event, h in user
+        ]
+        self._handlers += [
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ESTABLISHED, self._on_established),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_ABORTED, self._on_aborted),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
+        ]
+        self._ssl = ssl_context_for(config.tls) if config.tls.enabled else None
+        self._server: Any = None
+        self._established: set[int] = set()
+        self._lock = threading.Lock()
+        self._port: int | None = None
+
+    # ------------------------------------------------------------------ Service
+    @property
+    def port(self) -> int:
+        """The bound port (the configured one, or the one the OS picked for port 0)."""
+        if self._port is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self._port
+
+    def start(self) -> None:
+        """Bind and serve in a background thread; returns once listening."""
+        self._server = self.ae.start_server(
+            (self.config.bind, self.config.port),
+            block=False,
+            evt_handlers=self._handlers,  # type: ignore[arg-type]
+            ssl_context=self._ssl,
+        )
+        self._port = int(self._server.server_address[1])
+        log.info(
+            "DIMSE listener %s on %s:%d%s (%d SOP classes, allow-list: %s)",
+            self.config.ae_title,
+            self.config.bind,
+            self._port,
+            " TLS" if self._ssl else "",
+            len(self.ae.supported_contexts),
+            ", ".join(self.config.allowed_calling_aets) or "any calling AE",
+        )
+
+    def stop(self, timeout: float) -> None:
+        """Stop accepting, let established associations finish within ``timeout``, abort the
+        rest (including connections still waiting for an A-ASSOCIATE-RQ, e.g. TCP probes)."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        deadline = time.monotonic() + max(0.0, timeout)
+        while any(a.is_established for a in self._acceptors()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for assoc in self._acceptors():
+            if assoc.is_established:
+                log.warning(
+                    "%s: aborting an association still open at shutdown",
+                    self.name,
+                    extra={"calling_ae": assoc.requestor.ae_title},
+                )
+                assoc.abort()
+            else:  # connected, never associated (e.g. a TCP probe): just drop the connection
+                with contextlib.suppress(Exception):
+                    assoc.dul.socket.close()
+                    assoc.dul.kill_dul()
+
+    def readiness(self) -> dict[str, bool]:
+        server = self._server
+        listening = server is not None and server.socket is not None
+        return {"dimse_listener": bool(listening and server.socket.fileno() >= 0)}
+
+    def _acceptors(self) -> list[Any]:
+        return [a for a in self.ae.active_associations if a.is_acceptor and a.is_alive()]
+
+    # ------------------------------------------------------------------ events
+    def _label(self, ae_title: str) -> str:
+        return ae_title if ae_title in self.config.allowed_calling_aets else "other"
+
+    def _on_conn_open(self, event: Event) -> None:
+        assoc_socket = event.assoc.dul.socket
+        sock = assoc_socket.socket if assoc_socket is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def _on_requested(self, event: Event) -> None:
+        """Take each file as the requestor has it (PS3.8 9.3.2.2 leaves the choice to us).
+
+        pynetdicom accepts, per context, the first of *our* syntaxes that was proposed, with one
+        order per SOP class; so order ours by the best position each syntax has in any of the
+        requestor's contexts for that class, ties going to compressed ones: a context proposing
+        (JPEG-LS, Explicit VR LE) gets JPEG-LS, one proposing (Explicit, Implicit) gets Explicit.
+        """
+        request = event.assoc.requestor.primitive
+        if request is None:
+            return
+        best: dict[str, dict[str, int]] = {}
+        for cx in request.presentation_context_definition_list:
+            ranks = best.setdefault(str(cx.abstract_syntax), {})
+            for i, ts in enumerate(cx.transfer_syntax):
+                ranks[str(ts)] = min(i, ranks.get(str(ts), i))
+        for cx in event.assoc.acceptor.supported_contexts:
+            rank = best.get(str(cx.abstract_syntax or ""))
+            current = [str(ts) for ts in cx.transfer_syntax]
+            if rank and len(current) > 1:
+                ordered: list[str] = sorted(
+                    current, key=lambda ts: (rank.get(ts, 99), _TIE_ORDER.get(ts, 99))
+                )
+                cx.transfer_syntax = list(ordered)
+
+    def _on_established(self, event: Event) -> None:
+        with self._lock:
+            self._established.add(id(event.assoc))
+        metrics.ASSOCIATIONS_ACTIVE.inc()
+        calling = event.assoc.requestor.ae_title
+        metrics.ASSOCIATIONS_TOTAL.labels(calling_ae=self._label(calling), outcome="accepted").inc()
+        log.debug("association accepted", extra={"calling_ae": calling, "peer": _peer(event)})
+
+    def _on_rejected(self, event: Event) -> None:
+        rq = event.assoc.requestor
+        calling, called = rq.ae_title, getattr(rq.primitive, "called_ae_title", None)
+        allowed = self.config.allowed_calling_aets
+        if allowed and calling not in allowed:
+            reason = "calling AE title not recognized"
+        elif self.ae.require_called_aet and called != self.config.ae_title:
+            reason = "called AE title not recognized"
+        else:
+            reason = f"local limit exceeded ({self.config.max_associations} associations)"
+        metrics.ASSOCIATIONS_TOTAL.labels(calling_ae=self._label(calling), outcome="rejected").inc()
+        log.warning(
+            "association rejected: %s",
+            reason,
+            extra={"calling_ae": calling, "called_ae": called, "peer": _peer(event)},
+        )
+
+    def _on_aborted(self, event: Event) -> None:
+        if id(event.assoc) in self._established:
+            calling = event.assoc.requestor.ae_title
+            metrics.ASSOCIATIONS_TOTAL.labels(
+                calling_ae=self._label(calling), outcome="aborted"
+            ).inc()
+
+    def _on_conn_close(self, event: Event) -> None:
+        with self._lock:
+            was_open = id(event.assoc) in self._established
+            self._established.discard(id(event.assoc))
+        if was_open:
+            metrics.ASSOCIATIONS_ACTIVE.dec()
+        # A data set cut off by an abort stays behind in pynetdicom's chunked file: remove it.
+        message = getattr(getattr(event.assoc, "dimse", None), "message", None)
+        partial = getattr(message, "_data_set_file", None)
+        if partial is not None:
+            with contextlib.suppress(OSError, ValueError):
+                partial.close()
+                Path(partial.name).unlink(missing_ok=True)

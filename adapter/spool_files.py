@@ -1,0 +1,147 @@
+"""Files in the spool: names, UIDs read back from a file, and the durable move into ``ready/``.
+
+A file is durable once it was fsynced, renamed into place and the directory fsynced (the rename
+is atomic; the directory fsync makes it survive power loss). Names are ``<time_ns>-<uuid4hex>``:
+time-ordered, unique, never derived from a UID.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+
+from adapter.deadletter import fsync_dir
+
+__all__ = [
+    "SUFFIX",
+    "SpoolEntry",
+    "SpoolFullError",
+    "SpoolMeta",
+    "adopt_into_spool",
+    "move_durably",
+    "new_entry_id",
+    "read_spool_meta",
+    "received_at",
+]
+
+SUFFIX = ".dcm"
+_META_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
+
+
+class SpoolFullError(Exception):
+    """No room: the byte budget or the disk's free-space floor would be crossed."""
+
+
+@dataclass(frozen=True)
+class SpoolMeta:
+    """The UIDs an entry is uploaded and reported with (no patient data)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    transfer_syntax_uid: str | None = None
+    calling_ae: str | None = None
+
+
+@dataclass(eq=False)
+class SpoolEntry:
+    """One instance in ``ready/``; ``attempts``/``not_before`` belong to the uploader."""
+
+    id: str
+    path: Path
+    size: int
+    meta: SpoolMeta
+    received_at: float
+    attempts: int = 0
+    first_attempt: float | None = None
+    last_error: str | None = None
+    not_before: float = 0.0  # time.monotonic() before which it is not claimed again
+    context: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sop_instance_uid(self) -> str:
+        return self.meta.sop_instance_uid
+
+
+def new_entry_id() -> str:
+    """Time-ordered and unique: ``<time_ns>-<uuid4hex>`` (sorts as received)."""
+    return f"{time.time_ns():020d}-{uuid.uuid4().hex}"
+
+
+def received_at(entry_id: str) -> float:
+    try:
+        return int(entry_id.split("-", 1)[0]) / 1e9
+    except ValueError:
+        return time.time()
+
+
+def read_spool_meta(path: Path, calling_ae: str | None = None) -> SpoolMeta:
+    """UIDs from a Part-10 file: the meta header and a bounded read that stops before Pixel
+    Data and skips every other value. Raises on a file that is not DICOM."""
+    ds = dcmread(path, stop_before_pixels=True, specific_tags=_META_TAGS)
+    fm = ds.file_meta
+    sop_class = str(fm.get("MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
+    sop_instance = str(fm.get("MediaStorageSOPInstanceUID", "") or ds.get("SOPInstanceUID", ""))
+    if not sop_class or not sop_instance:
+        raise ValueError("no SOP Class/Instance UID in the file meta or the data set")
+    study = ds.get("StudyInstanceUID")
+    series = ds.get("SeriesInstanceUID")
+    syntax = fm.get("TransferSyntaxUID")
+    return SpoolMeta(
+        sop_class_uid=sop_class,
+        sop_instance_uid=sop_instance,
+        study_instance_uid=str(study) if study else None,
+        series_instance_uid=str(series) if series else None,
+        transfer_syntax_uid=str(syntax) if syntax else None,
+        calling_ae=calling_ae,
+    )
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def move_durably(src: Path, incoming: Path, dst: Path) -> None:
+    """fsync ``src`` and rename it to ``dst``; across filesystems copy via ``incoming`` first."""
+    try:
+        _fsync_file(src)
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        tmp = incoming / f"{dst.stem}.copy"
+        try:
+            with open(src, "rb") as fin, open(tmp, "wb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+                fout.flush()
+                os.fsync(fout.fileno())
+            os.rename(tmp, dst)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        src.unlink(missing_ok=True)
+
+
+def adopt_into_spool(spool_path: Path, src: Path) -> Path:
+    """Move a file into a spool's ``ready/`` from outside the owning process (dead-letter
+    requeue); the running adapter finds it at its next rescan."""
+    ready, incoming = Path(spool_path) / "ready", Path(spool_path) / "incoming"
+    ready.mkdir(parents=True, exist_ok=True)
+    incoming.mkdir(parents=True, exist_ok=True)
+    dst = ready / f"{new_entry_id()}{SUFFIX}"
+    move_durably(Path(src), incoming, dst)
+    fsync_dir(ready)
+    return dst

@@ -1,0 +1,164 @@
+"""The Storage SCP (PS3.4 Annex B): C-STORE requests -> checked Part-10 file -> spool -> status.
+
+pynetdicom 3 (with ``STORE_RECV_CHUNKED_DATASET``) has already written the received data set to
+``event.dataset_path`` as a complete Part-10 file: preamble, File Meta Information built from the
+request's AffectedSOPClassUID/AffectedSOPInstanceUID and the accepted context's transfer syntax,
+then the data set bytes exactly as received. We check it cheaply, move it into the spool (a
+rename: same filesystem) and answer once it is durable -- or, with ``ack: after-upload``, once
+the store has it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import CancelledError, Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import Any, Literal
+
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.events import Event
+
+from adapter import metrics
+from adapter.dimse.server import Handler, on_c_echo
+from adapter.provenance import ProvenanceLog
+from adapter.spool import Spool, SpoolFullError, SpoolMeta
+from adapter.status import Status
+from importer.part10 import InvalidDatasetError, check_part10, is_valid_uid, printable
+from importer.upload import Verdict
+
+__all__ = ["StoreScp"]
+
+log = logging.getLogger(__name__)
+
+_MAX_COMMENT = 64  # ErrorComment is LO (PS3.7 C.4.2.1.4, PS3.5 6.2)
+
+
+class _RefusedError(Exception):
+    def __init__(self, status: Status, comment: str, reason: str = "other") -> None:
+        super().__init__(comment)
+        self.status, self.comment, self.reason = status, comment, reason
+
+
+def _response(status: int, comment: str | None = None) -> Dataset:
+    ds = Dataset()
+    ds.Status = int(status)
+    if comment:
+        ds.ErrorComment = comment.replace("\\", "/")[:_MAX_COMMENT]
+    return ds
+
+
+class StoreScp:
+    """``on_c_store``/``on_c_echo`` handlers bound to one spool (and uploader, for waiting)."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        provenance: ProvenanceLog | None,
+        *,
+        ack: Literal["after-spool", "after-upload"] = "after-spool",
+        upload_timeout: float = 120.0,
+    ) -> None:
+        self.spool = spool
+        self.provenance = provenance
+        self.ack = ack
+        self.upload_timeout = upload_timeout
+
+    def handlers(self) -> list[tuple[evt.EventType, Handler]]:
+        """What to bind on the DimseServer."""
+        return [(evt.EVT_C_STORE, self.on_c_store), (evt.EVT_C_ECHO, on_c_echo)]
+
+    def on_c_store(self, event: Event) -> Dataset:
+        """Answer one C-STORE (PS3.7 9.1.1): Success once durable (or uploaded), else a
+        precise failure status with an ErrorComment, logged once with the cause."""
+        req: Any = event.request
+        calling_ae = str(event.assoc.requestor.ae_title).strip()
+        peer = f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"
+        sop_instance: object = getattr(req, "AffectedSOPInstanceUID", None)
+        try:
+            sop_class = str(req.AffectedSOPClassUID or "")
+            sop_instance = str(sop_instance or "")
+            path = Path(event.dataset_path)
+            metrics.INSTANCES_RECEIVED_TOTAL.inc()
+            verdict = self._store(path, sop_class, sop_instance, calling_ae)
+        except _RefusedError as refusal:
+            verdict = Verdict(refusal.status, refusal.comment)
+            metrics.INSTANCES_FAILED_TOTAL.labels(reason=refusal.reason).inc()
+        except Exception as exc:  # never let one bad request take the listener down
+            log.exception("C-STORE handler error")
+            verdict = Verdict(Status.UNABLE_TO_PROCESS, f"internal error: {type(exc).__name__}")
+            metrics.INSTANCES_FAILED_TOTAL.labels(reason="other").inc()
+        if verdict.status != Status.SUCCESS:
+            log.warning(
+                "C-STORE refused: %s",
+                verdict.comment,
+                extra={
+                    "sop_instance_uid": printable(sop_instance),
+                    "calling_ae": calling_ae,
+                    "peer": peer,
+                    "status": int(verdict.status),
+                },
+            )
+        return _response(verdict.status, verdict.comment)
+
+    def _store(self, path: Path, sop_class: str, sop_instance: str, calling_ae: str) -> Verdict:
+        if not is_valid_uid(sop_class):
+            raise _RefusedError(Status.CANNOT_UNDERSTAND, "invalid AffectedSOPClassUID", "invalid")
+        if not is_valid_uid(sop_instance):
+            raise _RefusedError(
+                Status.CANNOT_UNDERSTAND, "invalid AffectedSOPInstanceUID (PS3.5 9.1)", "invalid"
+            )
+        size = path.stat().st_size
+        metrics.BYTES_RECEIVED_TOTAL.inc(size)
+        if not self.spool.has_room(size):
+            raise _RefusedError(
+                Status.REFUSED_OUT_OF_RESOURCES, self._full_comment(size), "spool_full"
+            )
+        try:
+            facts = check_part10(path, sop_class, sop_instance)
+        except InvalidDatasetError as exc:
+            raise _RefusedError(exc.status, exc.comment, "invalid") from exc
+        meta = SpoolMeta(
+            sop_class_uid=sop_class,
+            sop_instance_uid=sop_instance,
+            study_instance_uid=facts.study_instance_uid,
+            series_instance_uid=facts.series_instance_uid,
+            transfer_syntax_uid=facts.transfer_syntax_uid,
+            calling_ae=calling_ae,
+        )
+        waiter: Future[Verdict] | None = None
+        context: dict[str, Any] = {}
+        if self.ack == "after-upload":
+            waiter = Future()
+            context = {"waiter": waiter, "deadline": time.monotonic() + self.upload_timeout}
+        if self.provenance is not None:  # first: a failure here refuses, nothing is spooled
+            self.provenance.record(sop_instance, calling_ae)
+        try:
+            entry = self.spool.put_file(path, meta, context=context)
+        except SpoolFullError as exc:
+            raise _RefusedError(
+                Status.REFUSED_OUT_OF_RESOURCES, f"spool full: {exc}", "spool_full"
+            ) from exc
+        metrics.INSTANCES_SPOOLED_TOTAL.inc()
+        if waiter is None:
+            return Verdict(Status.SUCCESS)
+        try:
+            return waiter.result(timeout=self.upload_timeout)
+        except (FutureTimeout, CancelledError):
+            pass
+        if waiter.cancel():  # we answer first: the sender keeps the instance and resends it
+            self.spool.discard(entry)
+            return Verdict(
+                Status.REFUSED_OUT_OF_RESOURCES,
+                f"store did not confirm within {self.upload_timeout:g}s",
+            )
+        return waiter.result(timeout=0)
+
+    def _full_comment(self, size: int) -> str:
+        return (
+            f"spool full: {self.spool.bytes_used + size} > {self.spool.max_bytes} bytes"
+            if self.spool.bytes_used + size > self.spool.max_bytes
+            else "spool full: disk low"
+        )
