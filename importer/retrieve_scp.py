@@ -15,12 +15,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pydicom
 from pydicom.dataset import Dataset
+from pynetdicom import build_context
+from pynetdicom.presentation import PresentationContext
 
 from adapter import metrics
 from adapter.dicomweb.json_model import get_str
 from adapter.dicomweb.qido import QidoClient
 from adapter.dicomweb.wado import WadoClient
+from adapter.dimse.contexts import COMPRESSED_TRANSFER_SYNTAXES, UNCOMPRESSED_TRANSFER_SYNTAXES
 from adapter.errors import AdapterError, PermanentError, TransientError
 from adapter.status import Status
 from importer.config import MoveDestination
@@ -30,7 +34,9 @@ __all__ = ["RetrieveScp"]
 
 log = logging.getLogger(__name__)
 
-_STUDY, _SERIES, _SOP = "0020000D", "0020000E", "00080018"
+_STUDY, _SERIES, _SOP, _SOP_CLASS = "0020000D", "0020000E", "00080018", "00080016"
+_MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: at most 128 presentation contexts per association
+Instance = tuple[str, str, str, str]  # study, series, SOP instance, SOP class UIDs
 
 
 def _failure(status: Status, comment: str) -> Dataset:
@@ -55,7 +61,7 @@ class RetrieveScp:
         self.destinations = dict(destinations)
         self.tmp_dir = tmp_dir
 
-    def _instances(self, query: QidoQuery) -> list[tuple[str, str, str]]:
+    def _instances(self, query: QidoQuery) -> list[Instance]:
         """(study, series, instance) UIDs of every instance the identifier selects."""
         match = dict(query.match)
         if query.level == "IMAGE" and "SOPInstanceUID" in match:
@@ -80,7 +86,8 @@ class RetrieveScp:
         for r in results:
             ids = (get_str(r, _STUDY), get_str(r, _SERIES), get_str(r, _SOP))
             if all(ids) and (wanted is None or ids[2] in wanted):
-                found.append((str(ids[0]), str(ids[1]), str(ids[2])))
+                sop_class = get_str(r, _SOP_CLASS) or ""
+                found.append((str(ids[0]), str(ids[1]), str(ids[2]), sop_class))
         return found
 
     def _series_instances(self, query: QidoQuery, match: dict[str, str]) -> Iterator[Any]:
@@ -93,12 +100,21 @@ class RetrieveScp:
                 yield from self.qido.search_for_instances(study, uid)
 
     def _fetched(
-        self, instances: list[tuple[str, str, str]], service: str, calling_ae: str
-    ) -> Iterator[tuple[int | Dataset, Path | None]]:
-        """Yield (Pending, file) per instance, fetched one at a time and deleted after its send."""
+        self,
+        instances: list[Instance],
+        service: str,
+        calling_ae: str,
+        accepted: set[tuple[str, str]] | None = None,
+    ) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+        """Yield (Pending, dataset) per instance, fetched one at a time to disk.
+
+        pynetdicom 3 sends sub-operations from a Dataset, so one instance at a time is held in
+        memory. With ``accepted`` (C-GET: the requestor's (SOP class, syntax) pairs) a compressed
+        instance the requestor cannot take is decompressed first.
+        """
         workdir = Path(tempfile.mkdtemp(prefix="retrieve-", dir=self.tmp_dir))
         try:
-            for study, series, sop in instances:
+            for study, series, sop, _sop_class in instances:
                 path = workdir / "instance.dcm"
                 try:
                     self.wado.retrieve_instance(study, series, sop, path)
@@ -111,12 +127,29 @@ class RetrieveScp:
                     )
                     yield Status.UNABLE_TO_PROCESS, None  # counted as a failed sub-operation
                     continue
-                yield Status.PENDING, path
+                ds = pydicom.dcmread(path)
                 path.unlink(missing_ok=True)
+                syntax = str(ds.file_meta.TransferSyntaxUID)
+                if (
+                    accepted is not None
+                    and syntax not in UNCOMPRESSED_TRANSFER_SYNTAXES
+                    and ((str(ds.SOPClassUID), syntax) not in accepted)
+                ):
+                    try:
+                        ds.decompress()
+                    except Exception as exc:  # no decoder: the sub-operation fails, not all
+                        log.warning(
+                            "%s: cannot decompress %s: %s",
+                            service,
+                            syntax,
+                            exc,
+                            extra={"sop_instance_uid": sop, "calling_ae": calling_ae},
+                        )
+                yield Status.PENDING, ds
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    def _prepare(self, event: Any, service: str) -> list[tuple[str, str, str]] | Dataset:
+    def _prepare(self, event: Any, service: str) -> list[Instance] | Dataset:
         calling_ae = event.assoc.requestor.ae_title
         try:
             query = identifier_to_query(event.identifier)
@@ -144,7 +177,12 @@ class RetrieveScp:
             yield None, None  # pynetdicom answers 0xA801 Move Destination Unknown
             return
         prepared = self._prepare(event, "C-MOVE")
-        yield destination.host, destination.port, {"ae_title": destination.name}
+        contexts = _move_contexts(prepared) if isinstance(prepared, list) else []
+        yield (
+            destination.host,
+            destination.port,
+            {"ae_title": destination.name, "contexts": contexts or None},
+        )
         if isinstance(prepared, Dataset):
             yield 1  # pynetdicom needs a count before it takes a final failure status
             yield prepared, None
@@ -168,4 +206,24 @@ class RetrieveScp:
             return
         log.info("C-GET of %d instance(s)", len(prepared), extra={"calling_ae": calling_ae})
         yield len(prepared)
-        yield from self._fetched(prepared, "C-GET", calling_ae)
+        accepted = {
+            (str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+            for cx in event.assoc.accepted_contexts
+            if cx.transfer_syntax
+        }
+        yield from self._fetched(prepared, "C-GET", calling_ae, accepted)
+
+
+def _move_contexts(instances: list[Instance]) -> list[PresentationContext]:
+    """Storage contexts for the move destination: per SOP class, uncompressed plus each
+    compressed syntax on its own, so what was stored compressed can be sent as it is."""
+    contexts: list[PresentationContext] = []
+    for sop_class in dict.fromkeys(i[3] for i in instances if i[3]):
+        wanted = [build_context(sop_class, list(UNCOMPRESSED_TRANSFER_SYNTAXES))]
+        wanted += [build_context(sop_class, [ts]) for ts in COMPRESSED_TRANSFER_SYNTAXES]
+        if len(contexts) + len(wanted) > _MAX_CONTEXTS:
+            wanted = wanted[:1]
+        if len(contexts) + len(wanted) > _MAX_CONTEXTS:
+            break
+        contexts += wanted
+    return contexts

@@ -206,7 +206,12 @@ class DimseServer:
             cx.abstract_syntax == verification_context().abstract_syntax for cx in all_contexts
         ):
             all_contexts.append(verification_context())
-        ae.supported_contexts = all_contexts
+        for cx in all_contexts:
+            # Accept SCP/SCU role selection (PS3.7 D.3.3.4): a C-GET requestor is the
+            # Storage SCP on its own association, and a commitment requestor may propose roles.
+            ae.add_supported_context(
+                str(cx.abstract_syntax), cx.transfer_syntax, scu_role=True, scp_role=True
+            )
         if receive_dir is not None:
             Path(receive_dir).mkdir(parents=True, exist_ok=True)
             _RECEIVE_DIRS[ae] = Path(receive_dir)
