@@ -212,6 +212,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return EXIT_OK
+    except Exception as exc:  # a service that cannot start: one clear line, not a traceback
+        log.error("dicom-adapter stopped: %s: %s", type(exc).__name__, exc)
+        print(f"dicom-adapter: cannot run: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     return EXIT_FAILURE
 
 

@@ -39,6 +39,9 @@ if ! { [ -f .local-stack/pacs.pid ] && kill -0 "$(cat .local-stack/pacs.pid)" 2>
   echo $! > .local-stack/pacs.pid
 fi
 
+# Point the exporter at the emulator (and record the stack's addresses) for this process.
+# shellcheck disable=SC1091
+source .local-stack/env
 .venv/bin/dicom-adapter validate --config configs/local.yaml
 cat <<TXT
 
