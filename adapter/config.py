@@ -194,6 +194,9 @@ class DimseServerConfig(ConfigModel):
     dimse_timeout: float = Field(120.0, gt=0)
     network_timeout: float = Field(120.0, gt=0)
     tls: TlsConfig = TlsConfig()
+    #: Receiving processes sharing the port with SO_REUSEPORT (the kernel spreads associations);
+    #: 1 = receive in the adapter process itself. Only plugins that support it accept > 1.
+    processes: int = Field(1, ge=1, le=64)
 
 
 class CoreConfig(ConfigModel):

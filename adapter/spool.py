@@ -119,24 +119,32 @@ class Spool:
             names = sorted(p.name for p in os.scandir(self.ready_dir) if p.name.endswith(SUFFIX))
             known = self._entries.keys() | self._moving
             new = [n for n in names if n[: -len(SUFFIX)] not in known]
-        added = 0
-        for name in new:
-            entry_id, path = name[: -len(SUFFIX)], self.ready_dir / name
-            try:
-                meta = read_spool_meta(path)
-                size = path.stat().st_size
-            except FileNotFoundError:
-                continue
-            except Exception as exc:  # not DICOM, truncated, hostile: keep it for an operator
-                self._dead_letter_unreadable(path, exc)
-                continue
-            entry = SpoolEntry(entry_id, path, size, meta, received_at(entry_id))
-            with self._cond:
-                if entry_id in self._entries or entry_id in self._moving or not path.exists():
-                    continue
-                self._index(entry)
-                added += 1
-        return added
+        return sum(1 for name in new if self.adopt(name) is not None)
+
+    def adopt(self, name: str, meta: SpoolMeta | None = None) -> SpoolEntry | None:
+        """Index one file that another process moved durably into ``ready/`` (a receiving
+        child process; ``meta`` saves reading it back). None when already known, gone (e.g.
+        uploaded after a rescan found it) or unreadable (dead-lettered)."""
+        if Path(name).name != name or not name.endswith(SUFFIX):
+            raise ValueError(f"not a spool file name: {name!r}")
+        entry_id, path = name[: -len(SUFFIX)], self.ready_dir / name
+        with self._cond:
+            if entry_id in self._entries or entry_id in self._moving:
+                return None
+        try:
+            meta = meta or read_spool_meta(path)
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # not DICOM, truncated, hostile: keep it for an operator
+            self._dead_letter_unreadable(path, exc)
+            return None
+        entry = SpoolEntry(entry_id, path, size, meta, received_at(entry_id))
+        with self._cond:
+            if entry_id in self._entries or entry_id in self._moving or not path.exists():
+                return None
+            self._index(entry)
+        return entry
 
     def _dead_letter_unreadable(self, path: Path, exc: Exception) -> None:
         reason = f"unreadable spool file: {type(exc).__name__}: {str(exc)[:200]}"

@@ -179,9 +179,14 @@ class ImportBench:
         return measure(key, label, n, series.total_bytes, self.runs, once)
 
     # ---------------------------------------------------------------- (c), (d)
-    def _adapter(self, workdir: Path, peer: OrthancPeer, workers: int) -> AdapterProcess:
-        """The importer as the brief's site YAML describes it, on free ports."""
+    def _adapter(self, workdir: Path, peer: OrthancPeer, workers: int,
+                 processes: int = 1) -> AdapterProcess:
+        """The importer as the brief's site YAML describes it, on free ports; ``processes`` >
+        1: that many receiving processes (importer.dimse.processes)."""
         dimse_port = free_port()
+        dimse: dict[str, Any] = {"ae_title": ADAPTER_AET, "bind": LOOPBACK, "port": dimse_port}
+        if processes > 1:
+            dimse["processes"] = processes
         config: dict[str, Any] = {
             "site": "bench",
             "log": {"format": "json", "level": "WARNING"},
@@ -189,7 +194,7 @@ class ImportBench:
             "dicomweb": {"url": peer.dicomweb_url, "auth": {"kind": "none"}},
             "state_dir": str(workdir / "state"),
             "importer": {
-                "dimse": {"ae_title": ADAPTER_AET, "bind": LOOPBACK, "port": dimse_port},
+                "dimse": dimse,
                 "ack": "after-spool",
                 "spool": {"path": str(workdir / "spool")},
                 "upload": {"workers": workers, "batch_max_instances": BATCH},
@@ -198,10 +203,13 @@ class ImportBench:
         return AdapterProcess(workdir / "adapter", config, dimse_port=dimse_port,
                               name=f"adapter-{workdir.name}").start()
 
-    def through_adapter(self, series: Series, associations: int, workers: int = 4) -> Measurement:
+    def through_adapter(self, series: Series, associations: int, workers: int = 4,
+                        processes: int = 1) -> Measurement:
         n = len(series.instances)
-        key = f"c-a{associations}"
+        key = f"c-a{associations}" + (f"-p{processes}" if processes > 1 else "")
         label = f"storescu x{associations} -> dicom-adapter -> Orthanc, until QIDO finds all"
+        if processes > 1:
+            label += f" ({processes} receiving processes)"
         why_not = importer_available()
         if why_not:
             return Measurement(key, label, n, series.total_bytes, error=why_not)
@@ -214,7 +222,7 @@ class ImportBench:
             adapter: AdapterProcess | None = None
             spy: PySpy | None = None
             try:
-                adapter = self._adapter(tmp, peer, workers)
+                adapter = self._adapter(tmp, peer, workers, processes)
                 say(f"{key}: sending {n} instances over {associations} association(s)")
                 if self.profile_dir is not None and i == 0:
                     spy = PySpy(adapter.pid, self.profile_dir / f"profile-{key}.txt").start()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import ByteSize, Field
+from pydantic import ByteSize, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from adapter.config import AeTitle, ConfigModel, DimseServerConfig, Port
 
@@ -57,6 +58,20 @@ class ImporterConfig(ConfigModel):
     dead_letter_path: Path | None = None  # default: <spool.path>/../deadletter
     move_destinations: tuple[MoveDestination, ...] = ()  # C-MOVE destinations by AE title
     query: QueryConfig = QueryConfig()
+
+    @model_validator(mode="after")
+    def _receivers(self) -> ImporterConfig:
+        if self.dimse.processes > 1 and self.ack != "after-spool":
+            raise PydanticCustomError(
+                "processes",
+                "importer.dimse.processes > 1 needs ack: after-spool (the receiving processes "
+                "cannot wait for the uploader)",
+            )
+        if self.dimse.processes > 1 and self.dimse.port == 0:
+            raise PydanticCustomError(
+                "processes", "importer.dimse.processes > 1 needs a fixed importer.dimse.port"
+            )
+        return self
 
     @property
     def dead_letter_dir(self) -> Path:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar
 
 from pynetdicom import evt
+from pynetdicom.events import EventType
+from pynetdicom.presentation import PresentationContext
 
 from adapter.config import CoreConfig
 from adapter.deadletter import DeadLetter, DeadLetterQueue
@@ -18,7 +20,7 @@ from adapter.dimse.contexts import (
     storage_commitment_context,
     storage_contexts,
 )
-from adapter.dimse.server import DimseServer
+from adapter.dimse.server import DimseServer, Handler
 from adapter.plugin import PluginContext
 from adapter.provenance import ProvenanceLog
 from adapter.service import Service
@@ -48,6 +50,47 @@ class _CommitmentReports:
 
     def readiness(self) -> dict[str, bool]:
         return {}
+
+
+def importer_contexts() -> list[PresentationContext]:
+    """Storage (both roles), query/retrieve and storage commitment."""
+    return [
+        *storage_contexts(both_roles=True),
+        *query_retrieve_contexts(),
+        storage_commitment_context(),
+    ]
+
+
+def dimse_handlers(
+    context: PluginContext, config: ImporterConfig, is_pending: Callable[[str], bool]
+) -> tuple[list[tuple[EventType, Handler]], StorageCommitmentScp]:
+    """The C-FIND/C-MOVE/C-GET/N-ACTION handlers (all from the store) and the commitment SCP
+    whose reports must be let finish at shutdown; ``is_pending``: the spool still holds it."""
+    core = context.core
+    assert core.dicomweb is not None  # check() made sure
+    url = core.dicomweb.url
+    session = context.dicomweb_session(core.dicomweb)
+    qido = QidoClient(
+        session, url, page_size=config.query.page_size, max_results=config.query.max_results
+    )
+    destinations = {d.name: d for d in config.move_destinations}
+    retrieve_dir = config.spool.path / "retrieve"  # WADO-RS downloads, one at a time
+    retrieve_dir.mkdir(parents=True, exist_ok=True)
+    retrieve = RetrieveScp(qido, WadoClient(session, url), destinations, retrieve_dir)
+    commitment = StorageCommitmentScp(
+        qido,
+        destinations,
+        config.dimse.ae_title,
+        wait_for_upload=config.query.commitment_wait,
+        is_pending=is_pending,
+    )
+    handlers: list[tuple[EventType, Handler]] = [
+        (evt.EVT_C_FIND, FindScp(qido).on_c_find),
+        (evt.EVT_C_MOVE, retrieve.on_c_move),
+        (evt.EVT_C_GET, retrieve.on_c_get),
+        (evt.EVT_N_ACTION, commitment.on_n_action),
+    ]
+    return handlers, commitment
 
 
 class ImporterPlugin:
@@ -83,39 +126,23 @@ class ImporterPlugin:
             owns_spool=True,
             linger=0.0 if config.ack == "after-upload" else None,
         )
+        if config.dimse.processes > 1:  # receiving child processes own the listener
+            from importer.receivers import ReceiverPool
+
+            return [upload, ReceiverPool(context.core, config, spool)]
         store = StoreScp(
             spool,
             ProvenanceLog(core.state_dir / "provenance.sqlite"),
             ack=config.ack,
             upload_timeout=config.dimse.dimse_timeout,
         )
-        qido = QidoClient(
-            session, url, page_size=config.query.page_size, max_results=config.query.max_results
+        handlers, commitment = dimse_handlers(context, config, spool.holds)
+        server = DimseServer(
+            config.dimse,
+            [*store.handlers(), *handlers],
+            importer_contexts(),
+            receive_dir=spool.incoming_dir,
         )
-        destinations = {d.name: d for d in config.move_destinations}
-        retrieve_dir = config.spool.path / "retrieve"  # WADO-RS downloads, one at a time
-        retrieve_dir.mkdir(parents=True, exist_ok=True)
-        retrieve = RetrieveScp(qido, WadoClient(session, url), destinations, retrieve_dir)
-        commitment = StorageCommitmentScp(
-            qido,
-            destinations,
-            config.dimse.ae_title,
-            wait_for_upload=config.query.commitment_wait,
-            is_pending=spool.holds,
-        )
-        handlers = [
-            *store.handlers(),
-            (evt.EVT_C_FIND, FindScp(qido).on_c_find),
-            (evt.EVT_C_MOVE, retrieve.on_c_move),
-            (evt.EVT_C_GET, retrieve.on_c_get),
-            (evt.EVT_N_ACTION, commitment.on_n_action),
-        ]
-        contexts = [
-            *storage_contexts(both_roles=True),
-            *query_retrieve_contexts(),
-            storage_commitment_context(),
-        ]
-        server = DimseServer(config.dimse, handlers, contexts, receive_dir=spool.incoming_dir)
         return [upload, _CommitmentReports(commitment), server]
 
     def dead_letters(self, core: CoreConfig, config: ImporterConfig) -> DeadLetterQueue | None:

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
@@ -24,16 +24,33 @@ from pynetdicom.events import Event
 from adapter import metrics
 from adapter.dimse.server import Handler, on_c_echo
 from adapter.provenance import ProvenanceLog
-from adapter.spool import Spool, SpoolFullError, SpoolMeta
+from adapter.spool import SpoolEntry, SpoolFullError, SpoolMeta
 from adapter.status import Status
 from importer.part10 import InvalidDatasetError, check_part10, is_valid_uid, printable
 from importer.upload import Verdict
 
-__all__ = ["StoreScp"]
+__all__ = ["SpoolTarget", "StoreScp"]
 
 log = logging.getLogger(__name__)
 
 _MAX_COMMENT = 64  # ErrorComment is LO (PS3.7 C.4.2.1.4, PS3.5 6.2)
+
+
+class SpoolTarget(Protocol):
+    """Where accepted instances go: the Spool, or a receiving child's view of it."""
+
+    max_bytes: int
+
+    @property
+    def bytes_used(self) -> int: ...
+
+    def has_room(self, incoming_bytes: int = 0) -> bool: ...
+
+    def put_file(
+        self, src_tmp_path: Path, meta: SpoolMeta, context: dict[str, Any] | None = None
+    ) -> SpoolEntry: ...
+
+    def discard(self, entry: SpoolEntry) -> None: ...
 
 
 class _RefusedError(Exception):
@@ -55,7 +72,7 @@ class StoreScp:
 
     def __init__(
         self,
-        spool: Spool,
+        spool: SpoolTarget,
         provenance: ProvenanceLog | None,
         *,
         ack: Literal["after-spool", "after-upload"] = "after-spool",

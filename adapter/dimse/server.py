@@ -32,6 +32,7 @@ from pydicom.uid import (
 from pynetdicom import AE, _config, evt
 from pynetdicom.events import Event, EventType
 from pynetdicom.presentation import PresentationContext
+from pynetdicom.transport import ThreadedAssociationServer
 
 from adapter import metrics
 from adapter.config import DimseServerConfig, TlsConfig
@@ -144,6 +145,16 @@ def ssl_context_for(tls: TlsConfig) -> ssl.SSLContext:
     return ctx
 
 
+class _ReusePortServer(ThreadedAssociationServer):
+    """A listener that shares its port with others (SO_REUSEPORT, same user only): the kernel
+    spreads new connections over the processes listening on it."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 def on_c_echo(event: Event) -> int:
     """C-ECHO (PS3.4 A.4): we are here."""
     return 0x0000
@@ -189,8 +200,11 @@ class DimseServer:
         receive_dir: Path | None = None,
         require_called_aet: bool = False,
         name: str = "dimse",
+        reuse_port: bool = False,
     ) -> None:
+        """``reuse_port``: share the port with other processes (multi-process receive)."""
         self.name = name
+        self.reuse_port = reuse_port
         self.config = config
         self.ae = AE(ae_title=config.ae_title)
         ae = self.ae
@@ -246,12 +260,25 @@ class DimseServer:
 
     def start(self) -> None:
         """Bind and serve in a background thread; returns once listening."""
-        self._server = self.ae.start_server(
-            (self.config.bind, self.config.port),
-            block=False,
-            evt_handlers=self._handlers,  # type: ignore[arg-type]
-            ssl_context=self._ssl,
-        )
+        address = (self.config.bind, self.config.port)
+        if self.reuse_port:  # what start_server does, with our server class
+            self._server = self.ae.make_server(
+                address,
+                evt_handlers=self._handlers,  # type: ignore[arg-type]
+                ssl_context=self._ssl,
+                server_class=_ReusePortServer,
+            )
+            self.ae._servers.append(self._server)  # as start_server does (shutdown removes it)
+            threading.Thread(
+                target=self._server.serve_forever, name=f"{self.name}-acceptor", daemon=True
+            ).start()
+        else:
+            self._server = self.ae.start_server(
+                address,
+                block=False,
+                evt_handlers=self._handlers,  # type: ignore[arg-type]
+                ssl_context=self._ssl,
+            )
         self._port = int(self._server.server_address[1])
         log.info(
             "DIMSE listener %s on %s:%d%s (%d SOP classes, allow-list: %s)",
