@@ -33,6 +33,7 @@ from adapter.spool_files import (
     SpoolFullError,
     SpoolMeta,
     adopt_into_spool,
+    disk_floor_problem,
     move_durably,
     new_entry_id,
     read_spool_meta,
@@ -161,12 +162,7 @@ class Spool:
     def _room_problem(self, incoming_bytes: int) -> str | None:
         if self._bytes + incoming_bytes > self.max_bytes:
             return f"spool holds {self._bytes} of {self.max_bytes} bytes"
-        if self.min_free_bytes:
-            st = os.statvfs(self.path)
-            free = st.f_bavail * st.f_frsize
-            if free - incoming_bytes < self.min_free_bytes:
-                return f"{free} bytes free on disk, floor is {self.min_free_bytes}"
-        return None
+        return disk_floor_problem(self.path, incoming_bytes, self.min_free_bytes)
 
     def put_file(
         self, src_tmp_path: Path, meta: SpoolMeta, context: dict[str, Any] | None = None

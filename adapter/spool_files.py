@@ -26,6 +26,7 @@ __all__ = [
     "SpoolFullError",
     "SpoolMeta",
     "adopt_into_spool",
+    "disk_floor_problem",
     "move_durably",
     "new_entry_id",
     "read_spool_meta",
@@ -145,3 +146,14 @@ def adopt_into_spool(spool_path: Path, src: Path) -> Path:
     move_durably(Path(src), incoming, dst)
     fsync_dir(ready)
     return dst
+
+
+def disk_floor_problem(path: Path, incoming_bytes: int, min_free_bytes: int) -> str | None:
+    """Why ``incoming_bytes`` more would break the free-disk floor under ``path`` (None: fits)."""
+    if not min_free_bytes:
+        return None
+    st = os.statvfs(path)
+    free = st.f_bavail * st.f_frsize
+    if free - incoming_bytes < min_free_bytes:
+        return f"{free} bytes free on disk, floor is {min_free_bytes}"
+    return None

@@ -58,6 +58,7 @@ from adapter.spool_files import (
     SpoolEntry,
     SpoolFullError,
     SpoolMeta,
+    disk_floor_problem,
     move_durably,
     new_entry_id,
 )
@@ -141,12 +142,7 @@ class ReceiverSpool:
         )
 
     def _disk_problem(self, incoming_bytes: int) -> str | None:
-        if self.min_free_bytes:
-            st = os.statvfs(self.path)
-            free = st.f_bavail * st.f_frsize
-            if free - incoming_bytes < self.min_free_bytes:
-                return f"{free} bytes free on disk, floor is {self.min_free_bytes}"
-        return None
+        return disk_floor_problem(self.path, incoming_bytes, self.min_free_bytes)
 
     def put_file(
         self, src_tmp_path: Path, meta: SpoolMeta, context: dict[str, Any] | None = None
