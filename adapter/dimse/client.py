@@ -92,6 +92,10 @@ class _NoResponseError(TransientError):
     """The association broke or timed out while a C-STORE awaited its response."""
 
 
+GROW_ACSE_TIMEOUT = 5.0  # seconds to wait for a PACS to answer an extra association
+CEILING_RETRY = 300.0  # seconds before a capped pool tries its full size again
+
+
 @dataclass
 class _Link:
     """One pooled association and the presentation contexts it proposed."""
@@ -101,6 +105,7 @@ class _Link:
     last_used: float = 0.0
     msg_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     inflight: int | None = None  # Message ID of the C-STORE awaiting its response
+    extra: bool = False  # opened while others were open: the PACS may not serve it
 
     @property
     def established(self) -> bool:
@@ -117,6 +122,9 @@ class _Link:
                 assoc.abort() if abort else assoc.release()
             except Exception:  # a peer that vanished mid-release: nothing more to do
                 log.debug("closing association failed", exc_info=True)
+
+
+_DISCARDED = _Link()  # marks a link dropped from the pool (not handed back)
 
 
 class StoreScu:
@@ -150,6 +158,16 @@ class StoreScu:
         self._ae.dimse_timeout = dimse_timeout
         self._ae.network_timeout = network_timeout
         self._ae.connection_timeout = connection_timeout
+        # Growing the pool past one association uses a short ACSE timeout: a PACS that serves
+        # one association at a time never answers the extra ones (dcmtk storescp without
+        # --fork), and must not cost a full acse_timeout per try.
+        self._grow_ae = _NoDelayAE(ae_title=calling_ae_title)
+        self._grow_ae.acse_timeout = min(acse_timeout, GROW_ACSE_TIMEOUT)
+        self._grow_ae.dimse_timeout = dimse_timeout
+        self._grow_ae.network_timeout = network_timeout
+        self._grow_ae.connection_timeout = connection_timeout
+        self._ceiling = pool_size  # lowered when the PACS will not serve more associations
+        self._capped_at = 0.0  # the full pool is tried again CEILING_RETRY seconds later
         self._cond = threading.Condition()
         self._idle: list[_Link] = []
         self._links = 0
@@ -175,7 +193,8 @@ class StoreScu:
         # PDV fragments): an unpadded file is re-encoded by pynetdicom, which pads.
         odd = (path.stat().st_size - offset) % 2 == 1
         needed = self._contexts_for(sop_class, transfer_syntax)
-        for attempt in (1, 2):
+        retried = False
+        while True:  # ends: each retry either caps the pool (bounded) or is the one retry
             link = self._checkout(needed)
             reused = False
             try:
@@ -183,14 +202,20 @@ class StoreScu:
                 status = self._store(link, path, sop_class, transfer_syntax, odd)
             except _NoResponseError:
                 link.drop(abort=True)
-                if reused and attempt == 1:  # a kept-open association the PACS had dropped
+                if reused and not retried:  # a kept-open association the PACS had dropped
+                    retried = True
                     log.info("kept-open association to %s failed; retrying on a new one", self.peer)
                     continue
                 raise
+            except TransientError:
+                if not link.extra or link.established or not self._cap_pool():
+                    raise
+                link = _DISCARDED
+                continue  # the PACS serves fewer associations: wait for an open one
             finally:
-                self._checkin(link)
+                if link is not _DISCARDED:
+                    self._checkin(link)
             return status
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self) -> None:
         """Release every idle association; busy ones are released when handed back."""
@@ -230,9 +255,13 @@ class StoreScu:
                         return link
                 if self._idle:
                     return self._idle.pop(0)
-                if self._links < self.pool_size:
+                if self._ceiling < self.pool_size and (
+                    time.monotonic() - self._capped_at > CEILING_RETRY
+                ):
+                    self._ceiling = self.pool_size
+                if self._links < self._ceiling:
                     self._links += 1
-                    return _Link()
+                    return _Link(extra=self._links > 1)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TransientError(
@@ -240,6 +269,21 @@ class StoreScu:
                         f"{self.checkout_timeout:.0f}s (pool of {self.pool_size})"
                     )
                 self._cond.wait(remaining)
+
+    def _cap_pool(self) -> bool:
+        """An extra association was not served: cap the pool at the associations still open
+        (PS3.8 leaves how many a PACS serves to the PACS). False if none is open to wait for."""
+        with self._cond:
+            if self._links <= 1:
+                return False
+            self._links -= 1
+            self._ceiling = max(1, self._links)
+            self._capped_at = time.monotonic()
+            self._cond.notify_all()
+        log.warning(
+            "%s did not serve an extra association; using at most %d", self.peer, self._ceiling
+        )
+        return True
 
     def _checkin(self, link: _Link) -> None:
         link.last_used = time.monotonic()
@@ -262,7 +306,8 @@ class StoreScu:
             keys = list(self._known)[-MAX_CONTEXTS:]
         contexts = [build_context(cls, list(syntaxes)) for cls, syntaxes in keys]
         connected: list[bool] = []
-        assoc = self._ae.associate(
+        ae = self._grow_ae if link.extra else self._ae
+        assoc = ae.associate(
             self.host,
             self.port,
             contexts=contexts,
