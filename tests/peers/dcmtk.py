@@ -18,8 +18,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
+from tests.peers.lifecycle import ManagedPeer
 from tests.peers.ports import LOOPBACK, free_port, is_listening
 from tests.peers.wait import (
     WaitAbortedError,
@@ -395,7 +395,7 @@ def count_find_responses(result: ToolResult) -> int:
 
 # ------------------------------------------------------------------------------------ storescp
 @dataclass
-class StoreScpPeer:
+class StoreScpPeer(ManagedPeer):
     """dcmtk ``storescp`` on 127.0.0.1, writing each received instance to ``output_dir``.
 
     Files are named by storescp's default rule (``-uf``): ``<modality prefix>.<SOP Instance
@@ -523,14 +523,3 @@ class StoreScpPeer:
 
     def log_tail(self, max_bytes: int = 4000) -> str:
         return tail(self.log_path, max_bytes)
-
-    def __enter__(self) -> StoreScpPeer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()

@@ -23,11 +23,11 @@ import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import requests
 
+from tests.peers.lifecycle import ManagedPeer
 from tests.peers.ports import LOOPBACK, free_port, is_listening
 from tests.peers.wait import (
     WaitAbortedError,
@@ -68,7 +68,7 @@ def require_orthanc() -> None:
         )
 
 
-class OrthancPeer:
+class OrthancPeer(ManagedPeer):
     """One Orthanc process with its own config, storage and ports.
 
     Ports are chosen on first :meth:`start` (unless given) and kept for later starts, so a test
@@ -329,17 +329,6 @@ class OrthancPeer:
         self.stop()
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> OrthancPeer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
     def __repr__(self) -> str:
         return (

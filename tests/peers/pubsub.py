@@ -24,9 +24,9 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
+from tests.peers.lifecycle import ManagedPeer
 from tests.peers.ports import LOOPBACK, free_port
 from tests.peers.wait import (
     WaitAbortedError,
@@ -62,7 +62,7 @@ def require_pubsub_emulator() -> None:
         )
 
 
-class PubSubEmulator:
+class PubSubEmulator(ManagedPeer):
     """One Pub/Sub emulator process on a free port of 127.0.0.1."""
 
     def __init__(
@@ -171,17 +171,6 @@ class PubSubEmulator:
         self.stop()
         if self._owns_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> PubSubEmulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.cleanup()
 
     def __repr__(self) -> str:
         return f"PubSubEmulator(host={self.port and self.host}, project={self.project!r})"
