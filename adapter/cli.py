@@ -49,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the plugins the site YAML enables")
     run.add_argument("--config", "-c", required=True, type=Path, help="site YAML file")
     run.add_argument(
-        "--only", action="append", metavar="PLUGIN",
+        "--only",
+        action="append",
+        metavar="PLUGIN",
         help="run only this plugin (repeatable), e.g. one pod per direction on GKE",
     )
 
@@ -69,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
 
     for name, what in (("import", "PACS -> DICOMweb"), ("export", "Pub/Sub -> PACS")):
         sub.add_parser(
-            name, add_help=False,
+            name,
+            add_help=False,
             help=f"{what} with the Java adapter's flags ('{name} --help' lists them)",
         )
     return parser
@@ -150,8 +153,10 @@ def _deadletters(args: argparse.Namespace) -> int:
         else:
             for r in rows:
                 status = f" http={r['http_status']}" if r.get("http_status") else ""
-                print(f"{r['plugin']}\t{r['id']}\t{r.get('sop_instance_uid') or '-'}"
-                      f"\tattempts={r['attempts']}{status}\t{r['reason']}")
+                print(
+                    f"{r['plugin']}\t{r['id']}\t{r.get('sop_instance_uid') or '-'}"
+                    f"\tattempts={r['attempts']}{status}\t{r['reason']}"
+                )
             print(f"{len(rows)} dead letter(s)")
     return EXIT_OK
 
@@ -189,13 +194,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "validate":
             site = load_config(args.config)
             if args.print:
-                print(json.dumps(
-                    {"core": site.core.model_dump(mode="json"),
-                     **{k: v.model_dump(mode="json") for k, v in site.plugins.items()}},
-                    indent=2,
-                ))
-            print(f"{args.config}: valid (plugins enabled: "
-                  f"{', '.join(site.enabled_plugins()) or 'none'})")
+                print(
+                    json.dumps(
+                        {
+                            "core": site.core.model_dump(mode="json"),
+                            **{k: v.model_dump(mode="json") for k, v in site.plugins.items()},
+                        },
+                        indent=2,
+                    )
+                )
+            print(
+                f"{args.config}: valid (plugins enabled: "
+                f"{', '.join(site.enabled_plugins()) or 'none'})"
+            )
             return EXIT_OK
         if args.command == "schema":
             print(json.dumps(site_schema(), indent=2, sort_keys=True))

@@ -17,7 +17,6 @@ import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
-    ByteSize,
     ConfigDict,
     Field,
     ValidationError,
@@ -146,8 +145,9 @@ class DicomwebConfig(ConfigModel):
     def _http_url(cls, value: str) -> str:
         if not re.match(r"^https?://[^/\s]+", value):
             raise PydanticCustomError(
-                "url", "expected an http(s) URL up to the DICOMweb root, e.g. "
-                "http://127.0.0.1:8042/dicom-web"
+                "url",
+                "expected an http(s) URL up to the DICOMweb root, e.g. "
+                "http://127.0.0.1:8042/dicom-web",
             )
         return value.rstrip("/")
 
@@ -327,8 +327,3 @@ def load_config(path: str | Path) -> SiteConfig:
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config file: {exc.strerror}") from exc
     return load_config_text(text, str(p))
-
-
-def bytesize(value: int | str) -> int:
-    """Parse '64MiB' / 1024 into bytes (for code paths outside pydantic)."""
-    return int(ByteSize._validate(value, None))  # type: ignore[arg-type]

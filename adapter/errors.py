@@ -1,9 +1,9 @@
 """The adapter's exception tree; callers decide retry vs dead letter by class, not by message.
 
-    AdapterError
-    +-- ConfigError            bad YAML / flags; names the key path
-    +-- TransientError         worth retrying later (network, timeout, 408, 429, 5xx, PACS busy)
-    +-- PermanentError         retrying will not help (4xx, rejected dataset, refused SOP class)
+AdapterError
++-- ConfigError            bad YAML / flags; names the key path
++-- TransientError         worth retrying later (network, timeout, 408, 429, 5xx, PACS busy)
++-- PermanentError         retrying will not help (4xx, rejected dataset, refused SOP class)
 """
 
 from __future__ import annotations

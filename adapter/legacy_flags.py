@@ -392,8 +392,3 @@ def flags_help(command: str) -> str:
         mark = "" if flag.apply is not None else f"  [{_NOT_YET}]"
         lines.append(f"  --{flag.name}{'' if flag.boolean else '=VALUE'}\n      {flag.help}{mark}")
     return "\n".join(lines)
-
-
-def dump(data: dict[str, Any]) -> str:
-    """The translated config as JSON (for --print-config)."""
-    return json.dumps(data, indent=2, sort_keys=True)

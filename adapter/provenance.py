@@ -36,6 +36,7 @@ class ProvenanceLog:
         with self._conn() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(_SCHEMA)
+        self.expire()  # entries past the TTL are never consulted: keep the file from growing
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

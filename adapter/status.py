@@ -1,12 +1,10 @@
-"""Named DIMSE statuses (PS3.4 Annex B/C, PS3.7 Annex C) and the one error -> status map."""
+"""Named DIMSE statuses (PS3.4 Annex B/C, PS3.7 Annex C): never a blanket 0x0110."""
 
 from __future__ import annotations
 
 from enum import IntEnum
 
-from adapter.errors import PermanentError, TransientError
-
-__all__ = ["Status", "status_for_error"]
+__all__ = ["Status"]
 
 
 class Status(IntEnum):
@@ -32,16 +30,3 @@ class Status(IntEnum):
     PENDING = 0xFF00
     PENDING_WARNING = 0xFF01
     SUB_OPERATIONS_COMPLETE_WITH_FAILURES = 0xB000
-
-
-def status_for_error(error: BaseException) -> Status:
-    """Map an upload failure to the C-STORE status a PACS should see.
-
-    Store unreachable or overloaded -> 0xA700 (the PACS will retry later); dataset rejected ->
-    0xC000 (the PACS should not resend the same bytes).
-    """
-    if isinstance(error, TransientError):
-        return Status.REFUSED_OUT_OF_RESOURCES
-    if isinstance(error, PermanentError):
-        return Status.CANNOT_UNDERSTAND
-    return Status.UNABLE_TO_PROCESS
