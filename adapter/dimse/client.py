@@ -105,7 +105,6 @@ class _Link:
     last_used: float = 0.0
     msg_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     inflight: int | None = None  # Message ID of the C-STORE awaiting its response
-    extra: bool = False  # opened while others were open: the PACS may not serve it
 
     @property
     def established(self) -> bool:
@@ -171,6 +170,7 @@ class StoreScu:
         self._cond = threading.Condition()
         self._idle: list[_Link] = []
         self._links = 0
+        self._live: list[_Link] = []  # every link counted in _links (identity, not equality)
         self._known: OrderedDict[ContextKey, None] = OrderedDict()
         self._closed = False
 
@@ -208,7 +208,7 @@ class StoreScu:
                     continue
                 raise
             except TransientError:
-                if not link.extra or link.established or not self._cap_pool():
+                if link.established or not self._cap_pool(link):
                     raise
                 link = _DISCARDED
                 continue  # the PACS serves fewer associations: wait for an open one
@@ -223,6 +223,7 @@ class StoreScu:
             self._closed = True
             idle, self._idle = self._idle, []
             self._links -= len(idle)
+            self._live = [link for link in self._live if all(link is not i for i in idle)]
             self._cond.notify_all()
         for link in idle:
             link.drop()
@@ -259,9 +260,14 @@ class StoreScu:
                     time.monotonic() - self._capped_at > CEILING_RETRY
                 ):
                     self._ceiling = self.pool_size
-                if self._links < self._ceiling:
+                # Grow only once an association is up: the first attempt is alone, and an
+                # extra one that the PACS does not serve is then recognised as such.
+                up = self._links == 0 or any(link.established for link in self._live)
+                if self._links < self._ceiling and up:
                     self._links += 1
-                    return _Link(extra=self._links > 1)
+                    link = _Link()
+                    self._live.append(link)
+                    return link
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise TransientError(
@@ -270,12 +276,14 @@ class StoreScu:
                     )
                 self._cond.wait(remaining)
 
-    def _cap_pool(self) -> bool:
-        """An extra association was not served: cap the pool at the associations still open
-        (PS3.8 leaves how many a PACS serves to the PACS). False if none is open to wait for."""
+    def _cap_pool(self, link: _Link) -> bool:
+        """``link`` was not served while another association is open: drop it and cap the pool
+        at the associations still open (PS3.8 leaves how many a PACS serves to the PACS).
+        False when no other association is open (the PACS is down or slow, not full)."""
         with self._cond:
-            if self._links <= 1:
+            if not any(other is not link and other.established for other in self._live):
                 return False
+            self._live = [other for other in self._live if other is not link]
             self._links -= 1
             self._ceiling = max(1, self._links)
             self._capped_at = time.monotonic()
@@ -290,6 +298,7 @@ class StoreScu:
         with self._cond:
             if self._closed:
                 self._links -= 1
+                self._live = [other for other in self._live if other is not link]
             else:
                 self._idle.append(link)
             self._cond.notify()
@@ -306,7 +315,8 @@ class StoreScu:
             keys = list(self._known)[-MAX_CONTEXTS:]
         contexts = [build_context(cls, list(syntaxes)) for cls, syntaxes in keys]
         connected: list[bool] = []
-        ae = self._grow_ae if link.extra else self._ae
+        with self._cond:  # concurrent attempts: the PACS may serve only one of them
+            ae = self._grow_ae if self._links > 1 else self._ae
         assoc = ae.associate(
             self.host,
             self.port,
@@ -318,6 +328,8 @@ class StoreScu:
             raise self._association_error(assoc, bool(connected))
         _keep_responses(assoc, lambda: link.inflight)
         link.assoc, link.proposed = assoc, frozenset(keys)
+        with self._cond:
+            self._cond.notify_all()  # the pool may grow now
         return False
 
     def _association_error(
