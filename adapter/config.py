@@ -197,6 +197,10 @@ class DimseServerConfig(ConfigModel):
     #: Receiving processes sharing the port with SO_REUSEPORT (the kernel spreads associations);
     #: 1 = receive in the adapter process itself. Only plugins that support it accept > 1.
     processes: int = Field(1, ge=1, le=64)
+    #: Serve associations that propose only Storage and Verification with the adapter's own
+    #: lean acceptor (several times pynetdicom's throughput); others always go to pynetdicom.
+    #: TLS associations always use pynetdicom.
+    native_storage: bool = True
 
 
 class CoreConfig(ConfigModel):

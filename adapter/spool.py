@@ -26,9 +26,10 @@ from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any
 
-from adapter.deadletter import DeadLetterQueue, fsync_dir
+from adapter.deadletter import DeadLetterQueue
 from adapter.spool_files import (
     SUFFIX,
+    DirectorySync,
     SpoolEntry,
     SpoolFullError,
     SpoolMeta,
@@ -80,6 +81,7 @@ class Spool:
         self._lingering = False
         self._closed = False
         self._lock_fd: int | None = None
+        self._ready_sync = DirectorySync(self.ready_dir)
         self._open()
 
     # ------------------------------------------------------------------ lifecycle
@@ -185,7 +187,7 @@ class Spool:
         entry = SpoolEntry(entry_id, dst, size, meta, time.time(), context=dict(context or {}))
         try:
             move_durably(src, self.incoming_dir, dst)
-            fsync_dir(self.ready_dir)
+            self._ready_sync.sync()
         finally:
             with self._cond:
                 self._bytes -= size
@@ -309,7 +311,7 @@ class Spool:
                 entry.path.unlink()
             self._forget(entry)
         if entries:
-            fsync_dir(self.ready_dir)
+            self._ready_sync.sync()
 
     def discard(self, entry: SpoolEntry) -> None:
         """Drop an entry that is not (or no longer) claimed, e.g. an after-upload instance

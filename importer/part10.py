@@ -7,6 +7,7 @@ never the pixel values, so a 2 GB instance costs a few seeks.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Imp
 
 from adapter.dicomweb.json_model import is_valid_uid
 from adapter.status import Status
+from importer.part10_scan import ScanError, scan_part10_header
 
 __all__ = ["DatasetFacts", "InvalidDatasetError", "check_part10", "is_valid_uid", "printable"]
 
@@ -68,7 +70,33 @@ def printable(value: object, limit: int = 80) -> str:
 
 def check_part10(path: Path, sop_class_uid: str, sop_instance_uid: str) -> DatasetFacts:
     """Check that ``path`` is a readable Part-10 file of the announced instance; its Study and
-    Series UIDs. Raises InvalidDatasetError with the status to answer (PS3.4 B.2.3)."""
+    Series UIDs. Raises InvalidDatasetError with the status to answer (PS3.4 B.2.3).
+
+    The fast scan (part10_scan.py) reads the usual Little Endian files; pydicom reads the rest
+    and whatever the scan does not expect."""
+    try:
+        with open(path, "rb") as fp:
+            size = os.fstat(fp.fileno()).st_size
+            scanned = scan_part10_header(fp, size)
+            _check_pixel_framing(fp, scanned.pixel_pos, size, scanned.transfer_syntax_uid)
+    except (ScanError, InvalidDatasetError, OSError, struct.error, UnicodeDecodeError, ValueError):
+        pass  # pydicom decides, and names the problem
+    else:
+        return _facts(
+            sop_class_uid,
+            sop_instance_uid,
+            scanned.transfer_syntax_uid,
+            (
+                scanned.sop_class_uid,
+                scanned.sop_instance_uid,
+                scanned.study_instance_uid,
+                scanned.series_instance_uid,
+            ),
+        )
+    return _check_with_pydicom(path, sop_class_uid, sop_instance_uid)
+
+
+def _check_with_pydicom(path: Path, sop_class_uid: str, sop_instance_uid: str) -> DatasetFacts:
     try:
         with open(path, "rb") as fp:
             ds = dcmread(
@@ -95,6 +123,22 @@ def check_part10(path: Path, sop_class_uid: str, sop_instance_uid: str) -> Datas
         raise InvalidDatasetError(
             Status.CANNOT_UNDERSTAND, f"cannot parse data set: {type(exc).__name__}"
         ) from exc
+    return _facts(
+        sop_class_uid,
+        sop_instance_uid,
+        syntax,
+        tuple(None if v is None else str(v) for v in (sop_class, sop_instance, study, series)),
+    )
+
+
+def _facts(
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    syntax: str,
+    found: tuple[str | None, ...],
+) -> DatasetFacts:
+    """Compare what the data set says with the request (PS3.4 B.2.3)."""
+    sop_class, sop_instance, study, series = found
     if sop_instance is None:
         raise InvalidDatasetError(Status.CANNOT_UNDERSTAND, "data set has no SOP Instance UID")
     if str(sop_instance) != sop_instance_uid:

@@ -142,6 +142,7 @@ class ImporterPlugin:
             [*store.handlers(), *handlers],
             importer_contexts(),
             receive_dir=spool.incoming_dir,
+            storage_handler=store,
         )
         return [upload, _CommitmentReports(commitment), server]
 

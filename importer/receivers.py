@@ -204,6 +204,7 @@ def run_receiver(
             receive_dir=spool.incoming_dir,
             name=f"dimse-receiver-{index}",
             reuse_port=True,
+            storage_handler=store,
         )
         server.start()
     except Exception as exc:

@@ -23,6 +23,7 @@ from pynetdicom.events import Event
 
 from adapter import metrics
 from adapter.dimse.server import Handler, on_c_echo
+from adapter.dimse.storage_acceptor import StoreRequest, StoreResult
 from adapter.provenance import ProvenanceLog
 from adapter.spool import SpoolEntry, SpoolFullError, SpoolMeta
 from adapter.status import Status
@@ -88,45 +89,71 @@ class StoreScp:
         return [(evt.EVT_C_STORE, self.on_c_store), (evt.EVT_C_ECHO, on_c_echo)]
 
     def on_c_store(self, event: Event) -> Dataset:
-        """Answer one C-STORE (PS3.7 9.1.1): Success once durable (or uploaded), else a
-        precise failure status with an ErrorComment, logged once with the cause."""
+        """Answer one C-STORE (PS3.7 9.1.1) on a pynetdicom association: the same checks and
+        answers as the native acceptor's :meth:`precheck` and :meth:`store`."""
         req: Any = event.request
-        calling_ae = str(event.assoc.requestor.ae_title).strip()
-        peer = f"{event.assoc.requestor.address}:{event.assoc.requestor.port}"
-        sop_instance: object = getattr(req, "AffectedSOPInstanceUID", None)
+        requestor = event.assoc.requestor
+        cx = event.context
+        request = StoreRequest(
+            sop_class_uid=str(getattr(req, "AffectedSOPClassUID", "") or ""),
+            sop_instance_uid=str(getattr(req, "AffectedSOPInstanceUID", "") or ""),
+            transfer_syntax_uid=str(cx.transfer_syntax[0]) if cx.transfer_syntax else "",
+            calling_ae=str(requestor.ae_title).strip(),
+            peer=f"{requestor.address}:{requestor.port}",
+        )
+        result = self.precheck(request) or self.store(request, Path(event.dataset_path))
+        return _response(result.status, result.comment)
+
+    def precheck(self, request: StoreRequest) -> StoreResult | None:
+        """Refuse before the data set arrives: UIDs that are not UIDs (PS3.5 9.1)."""
+        metrics.INSTANCES_RECEIVED_TOTAL.inc()
+        if not is_valid_uid(request.sop_class_uid):
+            return self._refused(request, Status.CANNOT_UNDERSTAND, "invalid AffectedSOPClassUID")
+        if not is_valid_uid(request.sop_instance_uid):
+            return self._refused(
+                request, Status.CANNOT_UNDERSTAND, "invalid AffectedSOPInstanceUID (PS3.5 9.1)"
+            )
+        return None
+
+    def store(self, request: StoreRequest, dataset_path: Path) -> StoreResult:
+        """Success once the file is durable in the spool (or uploaded), else a precise failure
+        status with an ErrorComment, logged once with the cause."""
         try:
-            sop_class = str(req.AffectedSOPClassUID or "")
-            sop_instance = str(sop_instance or "")
-            path = Path(event.dataset_path)
-            metrics.INSTANCES_RECEIVED_TOTAL.inc()
-            verdict = self._store(path, sop_class, sop_instance, calling_ae)
+            verdict = self._store(dataset_path, request)
         except _RefusedError as refusal:
-            verdict = Verdict(refusal.status, refusal.comment)
-            metrics.INSTANCES_FAILED_TOTAL.labels(reason=refusal.reason).inc()
+            return self._refused(request, refusal.status, refusal.comment, refusal.reason)
         except Exception as exc:  # never let one bad request take the listener down
             log.exception("C-STORE handler error")
-            verdict = Verdict(Status.UNABLE_TO_PROCESS, f"internal error: {type(exc).__name__}")
-            metrics.INSTANCES_FAILED_TOTAL.labels(reason="other").inc()
+            return self._refused(
+                request, Status.UNABLE_TO_PROCESS, f"internal error: {type(exc).__name__}"
+            )
         if verdict.status != Status.SUCCESS:
-            log.warning(
-                "C-STORE refused: %s",
-                verdict.comment,
-                extra={
-                    "sop_instance_uid": printable(sop_instance),
-                    "calling_ae": calling_ae,
-                    "peer": peer,
-                    "status": int(verdict.status),
-                },
-            )
-        return _response(verdict.status, verdict.comment)
+            self._log_refusal(request, verdict.status, verdict.comment)
+        return StoreResult(int(verdict.status), verdict.comment)
 
-    def _store(self, path: Path, sop_class: str, sop_instance: str, calling_ae: str) -> Verdict:
-        if not is_valid_uid(sop_class):
-            raise _RefusedError(Status.CANNOT_UNDERSTAND, "invalid AffectedSOPClassUID", "invalid")
-        if not is_valid_uid(sop_instance):
-            raise _RefusedError(
-                Status.CANNOT_UNDERSTAND, "invalid AffectedSOPInstanceUID (PS3.5 9.1)", "invalid"
-            )
+    def _refused(
+        self, request: StoreRequest, status: Status, comment: str, reason: str = "invalid"
+    ) -> StoreResult:
+        metrics.INSTANCES_FAILED_TOTAL.labels(reason=reason).inc()
+        self._log_refusal(request, status, comment)
+        return StoreResult(int(status), comment)
+
+    @staticmethod
+    def _log_refusal(request: StoreRequest, status: int, comment: str | None) -> None:
+        log.warning(
+            "C-STORE refused: %s",
+            comment,
+            extra={
+                "sop_instance_uid": printable(request.sop_instance_uid),
+                "calling_ae": request.calling_ae,
+                "peer": request.peer,
+                "status": int(status),
+            },
+        )
+
+    def _store(self, path: Path, request: StoreRequest) -> Verdict:
+        sop_class, sop_instance = request.sop_class_uid, request.sop_instance_uid
+        calling_ae = request.calling_ae
         size = path.stat().st_size
         metrics.BYTES_RECEIVED_TOTAL.inc(size)
         if not self.spool.has_room(size):

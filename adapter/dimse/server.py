@@ -36,7 +36,9 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from adapter import metrics
 from adapter.config import DimseServerConfig, TlsConfig
+from adapter.dimse.acse import NativeStorageRouter
 from adapter.dimse.contexts import COMPRESSED_TRANSFER_SYNTAXES, verification_context
+from adapter.dimse.storage_acceptor import StorageAssociation, StorageHandler
 
 __all__ = ["DimseServer", "Handler", "ssl_context_for"]
 
@@ -145,7 +147,21 @@ def ssl_context_for(tls: TlsConfig) -> ssl.SSLContext:
     return ctx
 
 
-class _ReusePortServer(ThreadedAssociationServer):
+class _RoutingServer(ThreadedAssociationServer):
+    """pynetdicom's threaded listener, with a first look at each connection (in its own
+    thread): ``route`` serves it natively and returns True, or leaves it to pynetdicom."""
+
+    route: Callable[[socket.socket, tuple[str, int]], bool] | None = None
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        route = self.route
+        native = isinstance(request, socket.socket) and not isinstance(request, ssl.SSLSocket)
+        if route is not None and native and route(request, client_address):
+            return
+        super().finish_request(request, client_address)
+
+
+class _ReusePortServer(_RoutingServer):
     """A listener that shares its port with others (SO_REUSEPORT, same user only): the kernel
     spreads new connections over the processes listening on it."""
 
@@ -201,8 +217,10 @@ class DimseServer:
         require_called_aet: bool = False,
         name: str = "dimse",
         reuse_port: bool = False,
+        storage_handler: StorageHandler | None = None,
     ) -> None:
-        """``reuse_port``: share the port with other processes (multi-process receive)."""
+        """``reuse_port``: share the port with other processes (multi-process receive);
+        ``storage_handler``: serve storage-only associations natively (storage_acceptor.py)."""
         self.name = name
         self.reuse_port = reuse_port
         self.config = config
@@ -249,6 +267,18 @@ class DimseServer:
         self._established: set[int] = set()
         self._lock = threading.Lock()
         self._port: int | None = None
+        self._native: NativeStorageRouter | None = None
+        if storage_handler is not None and config.native_storage and self._ssl is None:
+            self._native = NativeStorageRouter(
+                config,
+                ae,
+                all_contexts,
+                receive_dir,
+                storage_handler,
+                tie_order=_TIE_ORDER,
+                others=lambda: len(self._acceptors()),
+                label=self._label,
+            )
 
     # ------------------------------------------------------------------ Service
     @property
@@ -261,31 +291,27 @@ class DimseServer:
     def start(self) -> None:
         """Bind and serve in a background thread; returns once listening."""
         address = (self.config.bind, self.config.port)
-        if self.reuse_port:  # what start_server does, with our server class
-            self._server = self.ae.make_server(
-                address,
-                evt_handlers=self._handlers,  # type: ignore[arg-type]
-                ssl_context=self._ssl,
-                server_class=_ReusePortServer,
-            )
-            self.ae._servers.append(self._server)  # as start_server does (shutdown removes it)
-            threading.Thread(
-                target=self._server.serve_forever, name=f"{self.name}-acceptor", daemon=True
-            ).start()
-        else:
-            self._server = self.ae.start_server(
-                address,
-                block=False,
-                evt_handlers=self._handlers,  # type: ignore[arg-type]
-                ssl_context=self._ssl,
-            )
+        # What start_server does, with our server class.
+        self._server = self.ae.make_server(
+            address,
+            evt_handlers=self._handlers,  # type: ignore[arg-type]
+            ssl_context=self._ssl,
+            server_class=_ReusePortServer if self.reuse_port else _RoutingServer,
+        )
+        if self._native is not None:
+            self._server.route = self._native.route
+        self.ae._servers.append(self._server)  # as start_server does (shutdown removes it)
+        threading.Thread(
+            target=self._server.serve_forever, name=f"{self.name}-acceptor", daemon=True
+        ).start()
         self._port = int(self._server.server_address[1])
         log.info(
-            "DIMSE listener %s on %s:%d%s (%d SOP classes, allow-list: %s)",
+            "DIMSE listener %s on %s:%d%s%s (%d SOP classes, allow-list: %s)",
             self.config.ae_title,
             self.config.bind,
             self._port,
             " TLS" if self._ssl else "",
+            " native storage" if self._native else "",
             len(self.ae.supported_contexts),
             ", ".join(self.config.allowed_calling_aets) or "any calling AE",
         )
@@ -298,8 +324,17 @@ class DimseServer:
             return
         server.shutdown()
         deadline = time.monotonic() + max(0.0, timeout)
-        while any(a.is_established for a in self._acceptors()) and time.monotonic() < deadline:
+        while (
+            any(a.is_established for a in self._acceptors()) or self._native_open()
+        ) and time.monotonic() < deadline:
             time.sleep(0.05)
+        for native in self._native_open():
+            log.warning(
+                "%s: aborting an association still open at shutdown",
+                self.name,
+                extra={"calling_ae": native.calling_ae},
+            )
+            native.abort()
         for assoc in self._acceptors():
             if assoc.is_established:
                 log.warning(
@@ -320,6 +355,9 @@ class DimseServer:
 
     def _acceptors(self) -> list[Any]:
         return [a for a in self.ae.active_associations if a.is_acceptor and a.is_alive()]
+
+    def _native_open(self) -> list[StorageAssociation]:
+        return self._native.open_associations() if self._native is not None else []
 
     # ------------------------------------------------------------------ events
     def _label(self, ae_title: str) -> str:
