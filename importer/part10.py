@@ -18,7 +18,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, Imp
 
 from adapter.dicomweb.json_model import is_valid_uid
 from adapter.status import Status
-from importer.part10_scan import ScanError, scan_part10_header
+from importer.part10_scan import ScanError, TruncatedError, scan_part10_header
 
 __all__ = ["DatasetFacts", "InvalidDatasetError", "check_part10", "is_valid_uid", "printable"]
 
@@ -79,6 +79,8 @@ def check_part10(path: Path, sop_class_uid: str, sop_instance_uid: str) -> Datas
             size = os.fstat(fp.fileno()).st_size
             scanned = scan_part10_header(fp, size)
             _check_pixel_framing(fp, scanned.pixel_pos, size, scanned.transfer_syntax_uid)
+    except TruncatedError as exc:
+        raise _truncated(str(exc)) from None
     except (ScanError, InvalidDatasetError, OSError, struct.error, UnicodeDecodeError, ValueError):
         pass  # pydicom decides, and names the problem
     else:

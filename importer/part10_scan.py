@@ -13,10 +13,11 @@ import struct
 from dataclasses import dataclass
 from typing import BinaryIO
 
-__all__ = ["HeaderFacts", "ScanError", "scan_part10_header"]
+__all__ = ["HeaderFacts", "ScanError", "TruncatedError", "scan_part10_header"]
 
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _IMPLICIT_LE = "1.2.840.10008.1.2"
+_DEFLATED_JPIP = frozenset({"1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"})  # deflated
 _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
@@ -38,6 +39,10 @@ class ScanError(Exception):
     """Not something this scanner reads: use the full parser."""
 
 
+class TruncatedError(ScanError):
+    """The file ends inside an element header: it was cut off (PS3.10 7.1)."""
+
+
 @dataclass(frozen=True)
 class HeaderFacts:
     """What the scan found; ``pixel_pos`` is the offset of the Pixel Data element (or the end
@@ -52,7 +57,10 @@ class HeaderFacts:
 
 
 def _text(raw: bytes) -> str:
-    return raw.rstrip(b"\x00 ").decode("ascii")
+    try:
+        return raw.rstrip(b"\x00 ").decode("ascii")
+    except UnicodeDecodeError:
+        raise ScanError("a UID that is not ASCII") from None
 
 
 class _Reader:
@@ -68,7 +76,7 @@ class _Reader:
         self.fp.seek(pos)
         head = self.fp.read(8)
         if len(head) < 8:
-            raise ScanError("element header cut off")
+            raise TruncatedError("element header cut off")
         group, element, length = _HEAD.unpack(head)
         tag = (group << 16) | element
         if self.implicit or group == 0xFFFE:
@@ -131,6 +139,8 @@ def _meta(fp: BinaryIO) -> tuple[str, int]:
         group, element = struct.unpack_from("<HH", meta, pos)
         vr = meta[pos + 4 : pos + 6]
         if vr in _LONG_VRS:
+            if pos + 12 > len(meta):
+                raise ScanError("meta element header cut off")
             (length,) = struct.unpack_from("<L", meta, pos + 8)
             pos += 12
         else:
@@ -151,7 +161,8 @@ def scan_part10_header(fp: BinaryIO, size: int) -> HeaderFacts:
     # Explicit/Implicit VR LE, and the encapsulated syntaxes (JPEG family .4.x, RLE .5) whose
     # data sets are Explicit VR LE too; Deflated and Big Endian go to pydicom.
     encapsulated = syntax.startswith("1.2.840.10008.1.2.4.") or syntax == "1.2.840.10008.1.2.5"
-    if syntax not in (_EXPLICIT_LE, _IMPLICIT_LE) and not encapsulated:
+    plain = syntax in (_EXPLICIT_LE, _IMPLICIT_LE)
+    if syntax in _DEFLATED_JPIP or not (plain or encapsulated):
         raise ScanError("transfer syntax not scanned here")
     reader = _Reader(fp, size, implicit=syntax == _IMPLICIT_LE)
     found: dict[str, str] = {}
@@ -161,6 +172,8 @@ def scan_part10_header(fp: BinaryIO, size: int) -> HeaderFacts:
             break
         name = _WANTED.get(tag)
         if name is not None:
+            if vr not in (b"", b"UI"):
+                raise ScanError("a UID element whose VR is not UI")
             if length > 64:
                 raise ScanError("UID value too long")  # the full parser names it
             fp.seek(value_pos)

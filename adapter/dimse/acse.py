@@ -85,6 +85,7 @@ def peek_pdu(sock: socket.socket, timeout: float, limit: int) -> bytes | None:
     of at most ``limit`` bytes that arrives within ``timeout``; else None (nothing consumed)."""
     deadline = time.monotonic() + timeout
     want = 6
+    known = False  # the header was read: ``want`` is the whole PDU
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -98,11 +99,11 @@ def peek_pdu(sock: socket.socket, timeout: float, limit: int) -> bytes | None:
             return None
         if not data:
             return None  # closed before anything came: let the full stack see and log it
-        if len(data) >= 6 and want == 6:
+        if len(data) >= 6 and not known:
             kind, _, length = struct.unpack(">BBL", data[:6])
             if kind != A_ASSOCIATE_RQ or length + 6 > limit:
                 return None
-            want = 6 + length
+            want, known = 6 + length, True
             continue
         if len(data) >= want:
             return data[:want]

@@ -9,34 +9,32 @@ from __future__ import annotations
 
 import itertools
 import logging
-import socket
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, build_context, evt
-from pynetdicom.association import Association
-from pynetdicom.dsutils import split_dataset
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+from pynetdicom.dsutils import encode, split_dataset
 from pynetdicom.status import code_to_category
-from pynetdicom.transport import AssociationSocket
 
+from adapter.dimse.store_requestor import (
+    AssociationAbortedError,
+    AssociationRejectedError,
+    ConnectFailedError,
+    StoreAssociation,
+)
 from adapter.errors import PermanentError, TransientError
 from adapter.status import Status
 
 __all__ = ["FALLBACK_TRANSFER_SYNTAXES", "MAX_CONTEXTS", "StoreScu", "classify_store_status"]
 
 log = logging.getLogger(__name__)
-
-# Set once, here: a Part-10 file given by path is sent without decoding (byte-exact, flat
-# memory), on an exact transfer syntax match only. Datasets (conversions) are unaffected.
-_config.STORE_SEND_CHUNKED_DATASET = True
 
 FALLBACK_TRANSFER_SYNTAXES: tuple[UID, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: odd context IDs 1-255
@@ -60,34 +58,6 @@ def classify_store_status(status: int) -> Outcome:
     return "permanent"
 
 
-class _NoDelayAE(AE):
-    """An AE whose association sockets set TCP_NODELAY before connecting."""
-
-    def _create_socket(self, assoc: Association, address: Any, tls_args: Any) -> AssociationSocket:
-        sock: AssociationSocket = super()._create_socket(assoc, address, tls_args)
-        if sock.socket is not None:
-            sock.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
-
-
-def _keep_responses(assoc: Association, inflight: Callable[[], int | None]) -> None:
-    """Work around a pynetdicom 3.0 race (cf. pynetdicom issue #875): its reactor thread can take
-    a C-STORE response off the queue before ``send_c_store`` waits for it ("Received unexpected
-    C-STORE service message"), leaving the sender waiting until the DIMSE timeout. A response to
-    the request in flight is put back for the sender instead of being dropped."""
-    serve = assoc._serve_request
-
-    def serve_request(msg: Any, context_id: int) -> None:
-        expected = inflight()
-        if expected is not None and getattr(msg, "MessageIDBeingRespondedTo", None) == expected:
-            log.debug("C-STORE response %d handed back from the reactor", expected)
-            assoc.dimse.msg_queue.put((context_id, msg))
-            return
-        serve(msg, context_id)
-
-    assoc._serve_request = serve_request  # type: ignore[method-assign]
-
-
 class _NoResponseError(TransientError):
     """The association broke or timed out while a C-STORE awaited its response."""
 
@@ -100,11 +70,10 @@ CEILING_RETRY = 300.0  # seconds before a capped pool tries its full size again
 class _Link:
     """One pooled association and the presentation contexts it proposed."""
 
-    assoc: Association | None = None
+    assoc: StoreAssociation | None = None
     proposed: frozenset[ContextKey] = frozenset()
     last_used: float = 0.0
     msg_ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    inflight: int | None = None  # Message ID of the C-STORE awaiting its response
 
     @property
     def established(self) -> bool:
@@ -121,6 +90,8 @@ class _Link:
                 assoc.abort() if abort else assoc.release()
             except Exception:  # a peer that vanished mid-release: nothing more to do
                 log.debug("closing association failed", exc_info=True)
+        elif assoc is not None:
+            assoc.close()
 
 
 _DISCARDED = _Link()  # marks a link dropped from the pool (not handed back)
@@ -152,19 +123,15 @@ class StoreScu:
         self.pool_size = pool_size
         self.idle_timeout = idle_timeout
         self.checkout_timeout = checkout_timeout if checkout_timeout is not None else dimse_timeout
-        self._ae = _NoDelayAE(ae_title=calling_ae_title)
-        self._ae.acse_timeout = acse_timeout
-        self._ae.dimse_timeout = dimse_timeout
-        self._ae.network_timeout = network_timeout
-        self._ae.connection_timeout = connection_timeout
+        self.calling_ae_title = calling_ae_title
+        self.acse_timeout = acse_timeout
         # Growing the pool past one association uses a short ACSE timeout: a PACS that serves
         # one association at a time never answers the extra ones (dcmtk storescp without
         # --fork), and must not cost a full acse_timeout per try.
-        self._grow_ae = _NoDelayAE(ae_title=calling_ae_title)
-        self._grow_ae.acse_timeout = min(acse_timeout, GROW_ACSE_TIMEOUT)
-        self._grow_ae.dimse_timeout = dimse_timeout
-        self._grow_ae.network_timeout = network_timeout
-        self._grow_ae.connection_timeout = connection_timeout
+        self.grow_acse_timeout = min(acse_timeout, GROW_ACSE_TIMEOUT)
+        self.dimse_timeout = dimse_timeout
+        self.network_timeout = network_timeout
+        self.connection_timeout = connection_timeout
         self._ceiling = pool_size  # lowered when the PACS will not serve more associations
         self._capped_at = 0.0  # the full pool is tried again CEILING_RETRY seconds later
         self._cond = threading.Condition()
@@ -199,7 +166,7 @@ class StoreScu:
             reused = False
             try:
                 reused = self._ensure(link, needed)
-                status = self._store(link, path, sop_class, transfer_syntax, odd)
+                status = self._store(link, path, meta, offset, odd)
             except _NoResponseError:
                 link.drop(abort=True)
                 if reused and not retried:  # a kept-open association the PACS had dropped
@@ -313,88 +280,87 @@ class StoreScu:
         link.drop()
         with self._cond:
             keys = list(self._known)[-MAX_CONTEXTS:]
-        contexts = [build_context(cls, list(syntaxes)) for cls, syntaxes in keys]
-        connected: list[bool] = []
-        with self._cond:  # concurrent attempts: the PACS may serve only one of them
-            ae = self._grow_ae if self._links > 1 else self._ae
-        assoc = ae.associate(
-            self.host,
-            self.port,
-            contexts=contexts,
-            ae_title=self.ae_title,
-            evt_handlers=[(evt.EVT_CONN_OPEN, lambda _event: connected.append(True))],
-        )
-        if not assoc.is_established:
-            raise self._association_error(assoc, bool(connected))
-        _keep_responses(assoc, lambda: link.inflight)
+            acse = self.grow_acse_timeout if self._links > 1 else self.acse_timeout
+        where = f"association with {self.peer}"
+        try:
+            assoc = StoreAssociation.request(
+                self.host,
+                self.port,
+                called_ae=self.ae_title,
+                calling_ae=self.calling_ae_title,
+                contexts=keys,
+                connection_timeout=self.connection_timeout,
+                acse_timeout=acse,
+                network_timeout=self.network_timeout,
+                dimse_timeout=self.dimse_timeout,
+                implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
+                implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION,
+            )
+        except ConnectFailedError:
+            raise TransientError(
+                f"{where} failed: cannot connect (PACS down or unreachable?)"
+            ) from None
+        except AssociationRejectedError as exc:
+            if exc.result == 0x01:  # rejected-permanent (PS3.8 7.1.1.9)
+                raise PermanentError(
+                    f"{where} rejected ({exc}): check destination.ae_title and that the PACS "
+                    "knows our calling AE title"
+                ) from None
+            raise TransientError(f"{where} rejected ({exc})") from None
+        except AssociationAbortedError as exc:
+            raise TransientError(f"{where} failed: {exc}") from None
+        if not assoc.accepted:
+            assoc.abort()  # PS3.8 9.3.3.2: every context refused
+            refused = sorted(UID(a).name for a in assoc.rejected)
+            raise PermanentError(
+                f"{where}: the PACS accepted no presentation context for "
+                f"{', '.join(refused)} (SOP class or transfer syntaxes not supported)",
+                failure_reason=Status.SOP_CLASS_NOT_SUPPORTED,
+            )
         link.assoc, link.proposed = assoc, frozenset(keys)
         with self._cond:
             self._cond.notify_all()  # the pool may grow now
         return False
 
-    def _association_error(
-        self, assoc: Association, connected: bool
-    ) -> TransientError | PermanentError:
-        where = f"association with {self.peer}"
-        if not connected:
-            return TransientError(f"{where} failed: cannot connect (PACS down or unreachable?)")
-        if assoc.is_rejected:
-            rsp = assoc.acceptor.primitive
-            why = f"{rsp.result_str}, {rsp.source_str}: {rsp.reason_str}" if rsp else "rejected"
-            if rsp is not None and rsp.result == 0x01:  # rejected-permanent (PS3.8 7.1.1.9)
-                return PermanentError(
-                    f"{where} rejected ({why}): check destination.ae_title and that the PACS "
-                    "knows our calling AE title"
-                )
-            return TransientError(f"{where} rejected ({why})")
-        if assoc.is_aborted and assoc.rejected_contexts and not assoc.accepted_contexts:
-            refused = sorted({UID(str(cx.abstract_syntax)).name for cx in assoc.rejected_contexts})
-            return PermanentError(  # PS3.8 9.3.3.2: every context refused -> we abort
-                f"{where}: the PACS accepted no presentation context for "
-                f"{', '.join(refused)} (SOP class or transfer syntaxes not supported)",
-                failure_reason=Status.SOP_CLASS_NOT_SUPPORTED,
-            )
-        if assoc.is_aborted:
-            return TransientError(f"{where} aborted during negotiation")
-        return TransientError(f"{where} failed: no answer within {self._ae.acse_timeout:.0f}s")
-
     # ------------------------------------------------------------------------------ C-STORE
-    def _store(
-        self, link: _Link, path: Path, sop_class: UID, transfer_syntax: UID, odd: bool
-    ) -> int:
+    def _store(self, link: _Link, path: Path, meta: Dataset, offset: int, odd: bool) -> int:
         assoc = link.assoc
         assert assoc is not None
-        accepted = [
-            cx for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class and cx.as_scu
-        ]
-        exact = [cx for cx in accepted if cx.transfer_syntax[0] == transfer_syntax]
-        if exact:
-            dataset: Path | Dataset = dcmread(path) if odd else path
-        elif accepted:
-            target = accepted[0].transfer_syntax[0]
-            dataset = self._convert(path, sop_class, transfer_syntax, target)
+        sop_class = UID(str(meta.MediaStorageSOPClassUID))
+        transfer_syntax = UID(str(meta.TransferSyntaxUID))
+        abstract = str(sop_class)
+        exact = assoc.accepted.get((abstract, str(transfer_syntax)))
+        others = [(ts, cx) for (a, ts), cx in assoc.accepted.items() if a == abstract]
+        if exact is not None:
+            context_id = exact
+            data: Path | bytes = _encoded(dcmread(path), transfer_syntax) if odd else path
+        elif others:
+            target, context_id = UID(others[0][0]), others[0][1]
+            data = _encoded(self._convert(path, sop_class, transfer_syntax, target), target)
         else:
             raise PermanentError(
                 f"C-STORE to {self.peer}: the PACS accepted no presentation context for "
                 f"{sop_class.name} ({sop_class}) in {transfer_syntax.name} or uncompressed",
                 failure_reason=Status.SOP_CLASS_NOT_SUPPORTED,
             )
-        link.inflight = link.next_msg_id()
         try:
-            rsp = assoc.send_c_store(dataset, msg_id=link.inflight)
-        except (ValueError, AttributeError) as exc:  # encoding or context errors from pynetdicom
-            raise PermanentError(f"C-STORE to {self.peer}: cannot send {path.name}: {exc}") from exc
-        finally:
-            link.inflight = None
-        if "Status" not in rsp:
-            raise _NoResponseError(
-                f"C-STORE to {self.peer}: no response (timeout, abort or invalid reply)"
+            rsp = assoc.send_c_store(
+                link.next_msg_id(),
+                context_id,
+                abstract,
+                str(meta.MediaStorageSOPInstanceUID),
+                data,
+                offset,
             )
-        status = int(rsp.Status)
+        except AssociationAbortedError as exc:
+            raise _NoResponseError(
+                f"C-STORE to {self.peer}: no response (timeout, abort or invalid reply: {exc})"
+            ) from None
+        status = rsp.status
         outcome = classify_store_status(status)
         if outcome in ("success", "warning"):
             return status
-        comment = f" ({rsp.ErrorComment})" if "ErrorComment" in rsp else ""
+        comment = f" ({rsp.error_comment})" if rsp.error_comment else ""
         message = f"C-STORE to {self.peer} failed with status 0x{status:04X}{comment}"
         if outcome == "transient":
             raise TransientError(message)
@@ -418,3 +384,11 @@ class StoreScu:
                 ) from exc
         log.info("converted %s from %s for %s", path.name, source.name, self.peer)
         return ds
+
+
+def _encoded(ds: Dataset, syntax: UID) -> bytes:
+    """The data set encoded in ``syntax`` (values padded to even length)."""
+    data = encode(ds, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
+    if data is None:
+        raise PermanentError(f"cannot encode the data set in {syntax.name}")
+    return data

@@ -13,11 +13,16 @@ from typing import Final
 __all__ = [
     "C_ECHO_RQ",
     "C_STORE_RQ",
+    "C_STORE_RSP",
     "NO_DATA_SET",
     "Command",
     "CommandError",
+    "Response",
     "decode_command",
+    "decode_elements",
+    "decode_response",
     "encode_c_echo_rsp",
+    "encode_c_store_rq",
     "encode_c_store_rsp",
 ]
 
@@ -49,8 +54,8 @@ def _text(raw: bytes) -> str:
     return raw.rstrip(b"\x00 ").decode("ascii", "replace")
 
 
-def decode_command(data: bytes) -> Command:
-    """Decode an Implicit VR LE group-0000 command set; only the elements we use are kept."""
+def decode_elements(data: bytes) -> dict[int, bytes]:
+    """Element number -> raw value of an Implicit VR LE group-0000 command set."""
     values: dict[int, bytes] = {}
     pos, end = 0, len(data)
     while pos < end:
@@ -64,12 +69,22 @@ def decode_command(data: bytes) -> Command:
             raise CommandError(f"command element (0000,{element:04X}) longer than the set")
         values[element] = data[pos : pos + length]
         pos += length
+    return values
+
+
+def _us(values: dict[int, bytes], element: int) -> int:
+    raw = values.get(element)
+    if raw is None or len(raw) != 2:
+        raise CommandError(f"command element (0000,{element:04X}) missing or not US")
+    return int(struct.unpack("<H", raw)[0])
+
+
+def decode_command(data: bytes) -> Command:
+    """Decode a request's command set; only the elements we use are kept."""
+    values = decode_elements(data)
 
     def us(element: int) -> int:
-        raw = values.get(element)
-        if raw is None or len(raw) != 2:
-            raise CommandError(f"command element (0000,{element:04X}) missing or not US")
-        return int(struct.unpack("<H", raw)[0])
+        return _us(values, element)
 
     return Command(
         command_field=us(0x0100),
@@ -125,5 +140,43 @@ def encode_c_echo_rsp(request: Command, status: int = 0x0000) -> bytes:
             _element(0x0120, struct.pack("<H", request.message_id)),
             _element(0x0800, struct.pack("<H", NO_DATA_SET)),
             _element(0x0900, struct.pack("<H", status & 0xFFFF)),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class Response:
+    """The elements of a C-STORE-RSP a requestor reads (PS3.7 9.3.1.2)."""
+
+    command_field: int
+    message_id_being_responded_to: int
+    status: int
+    error_comment: str | None
+
+
+def decode_response(data: bytes) -> Response:
+    """Decode a response's command set."""
+    values = decode_elements(data)
+    comment = values.get(0x0902)
+    return Response(
+        command_field=_us(values, 0x0100),
+        message_id_being_responded_to=_us(values, 0x0120),
+        status=_us(values, 0x0900),
+        error_comment=_text(comment) if comment is not None else None,
+    )
+
+
+def encode_c_store_rq(
+    message_id: int, sop_class_uid: str, sop_instance_uid: str, priority: int = 0
+) -> bytes:
+    """C-STORE-RQ (PS3.7 9.3.1.1) announcing a data set."""
+    return _group(
+        [
+            _element(0x0002, _ui(sop_class_uid)),
+            _element(0x0100, struct.pack("<H", C_STORE_RQ)),
+            _element(0x0110, struct.pack("<H", message_id)),
+            _element(0x0700, struct.pack("<H", priority)),
+            _element(0x0800, struct.pack("<H", 0x0001)),
+            _element(0x1000, _ui(sop_instance_uid)),
         ]
     )

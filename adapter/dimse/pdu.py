@@ -21,14 +21,18 @@ __all__ = [
     "A_RELEASE_RP",
     "A_RELEASE_RQ",
     "P_DATA_TF",
+    "AssociateAccept",
     "AssociateRequest",
     "PduError",
     "ProposedContext",
     "encode_abort",
     "encode_associate_ac",
     "encode_associate_rj",
+    "encode_associate_rq",
     "encode_p_data",
     "encode_release_rp",
+    "encode_release_rq",
+    "parse_associate_ac",
     "parse_associate_rq",
 ]
 
@@ -209,3 +213,72 @@ def encode_p_data(context_id: int, command: bytes, max_pdu_length: int) -> bytes
         out += _pdu(P_DATA_TF, pdv)
         if pos >= len(command):
             return bytes(out)
+
+
+# ---------------------------------------------------------------------- requestor side
+
+
+@dataclass(frozen=True)
+class AssociateAccept:
+    """An A-ASSOCIATE-AC (PS3.8 9.3.3): per context id (result, transfer syntax)."""
+
+    results: dict[int, tuple[int, str]]
+    max_pdu_length: int  # 0 = unlimited
+
+
+def encode_associate_rq(
+    called_ae: str,
+    calling_ae: str,
+    contexts: list[tuple[int, str, tuple[str, ...]]],
+    *,
+    max_pdu_length: int,
+    implementation_class_uid: str,
+    implementation_version_name: str,
+) -> bytes:
+    """A-ASSOCIATE-RQ (PS3.8 9.3.2); ``contexts``: (odd id, abstract syntax, syntaxes)."""
+    items = [_item(0x10, APPLICATION_CONTEXT_NAME.encode("ascii"))]
+    for cx_id, abstract, syntaxes in contexts:
+        sub = _item(0x30, abstract.encode("ascii"))
+        sub += b"".join(_item(0x40, ts.encode("ascii")) for ts in syntaxes)
+        items.append(_item(0x20, bytes([cx_id, 0, 0, 0]) + sub))
+    user = _item(0x51, struct.pack(">L", max_pdu_length))
+    user += _item(0x52, implementation_class_uid.encode("ascii"))
+    if implementation_version_name:
+        user += _item(0x55, implementation_version_name.encode("ascii")[:16])
+    items.append(_item(0x50, user))
+    fixed = struct.pack(">HH", 1, 0) + _ae(called_ae) + _ae(calling_ae) + bytes(32)
+    return _pdu(A_ASSOCIATE_RQ, fixed + b"".join(items))
+
+
+def _ae(title: str) -> bytes:
+    return title.encode("ascii")[:16].ljust(16, b" ")
+
+
+def parse_associate_ac(pdu: bytes) -> AssociateAccept:
+    """Parse a whole A-ASSOCIATE-AC PDU (header included)."""
+    if len(pdu) < 74:
+        raise PduError("A-ASSOCIATE-AC shorter than its fixed part")
+    kind, _, length = _HEADER.unpack_from(pdu, 0)
+    if kind != A_ASSOCIATE_AC or length != len(pdu) - 6:
+        raise PduError("not an A-ASSOCIATE-AC of the announced length")
+    results: dict[int, tuple[int, str]] = {}
+    max_pdu = 0
+    for kind, value in _items(pdu, 74, len(pdu)):
+        if kind == 0x21:
+            if len(value) < 4:
+                raise PduError("presentation context item cut off")
+            syntax = ""
+            for sub, sub_value in _items(value, 4, len(value)):
+                if sub == 0x40:
+                    syntax = _uid(sub_value)
+            results[value[0]] = (value[2], syntax)
+        elif kind == 0x50:
+            for sub, sub_value in _items(value, 0, len(value)):
+                if sub == 0x51 and len(sub_value) == 4:
+                    (max_pdu,) = struct.unpack(">L", sub_value)
+    return AssociateAccept(results, max_pdu)
+
+
+def encode_release_rq() -> bytes:
+    """A-RELEASE-RQ (PS3.8 9.3.6)."""
+    return _pdu(A_RELEASE_RQ, bytes(4))

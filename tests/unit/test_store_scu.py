@@ -4,14 +4,12 @@ transfer syntax fallback and conversion, failures mapped to Transient/PermanentE
 from __future__ import annotations
 
 import io
-import queue
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -26,10 +24,9 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import split_dataset
 
-from adapter.dimse.client import StoreScu, _keep_responses, classify_store_status
+from adapter.dimse.client import StoreScu, classify_store_status
 from adapter.errors import PermanentError, TransientError
 from tests.peers.datasets import compress, make_ct_series, make_mr_instance
 from tests.peers.ports import free_port
@@ -144,8 +141,8 @@ def test_scu_socket_sets_tcp_nodelay(start_scp: Callable[..., Scp], ct: list[Pat
     try:
         scu.send_file(ct[0])
         assoc = scu._idle[0].assoc  # the kept-open association
-        assert assoc is not None and assoc.dul.socket is not None
-        sock = assoc.dul.socket.socket
+        assert assoc is not None
+        sock = assoc.sock
         assert sock is not None
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
     finally:
@@ -221,7 +218,7 @@ def test_unknown_called_ae_is_a_permanent_rejection(
 ) -> None:
     scp = start_scp(configure=lambda ae: setattr(ae, "require_called_aet", True))
     scu = StoreScu("WRONG", "127.0.0.1", scp.port, acse_timeout=5)
-    with pytest.raises(PermanentError, match="Called AE title not recognised"):
+    with pytest.raises(PermanentError, match="(?i)called AE title not recogni[sz]ed"):
         scu.send_file(ct[0])
 
 
@@ -338,22 +335,3 @@ def test_closing_releases_kept_open_associations(
     assert scp.server.active_associations == []
     with pytest.raises(TransientError, match="shutting down"):
         scu.send_file(ct[1])
-
-
-def test_response_taken_by_pynetdicoms_reactor_is_handed_back_to_the_sender() -> None:
-    """The pynetdicom 3.0 race: the reactor may dequeue the C-STORE-RSP meant for
-    send_c_store; it must go back on the queue, and anything else keeps the normal path."""
-    served: list[Any] = []
-    assoc = SimpleNamespace(
-        _serve_request=lambda msg, cx: served.append(msg),
-        dimse=SimpleNamespace(msg_queue=queue.Queue()),
-    )
-    inflight: list[int | None] = [7]
-    _keep_responses(assoc, lambda: inflight[0])  # type: ignore[arg-type]
-    rsp = C_STORE()
-    rsp.MessageIDBeingRespondedTo = 7
-    assoc._serve_request(rsp, 1)
-    assert assoc.dimse.msg_queue.get_nowait() == (1, rsp) and served == []
-    inflight[0] = None
-    assoc._serve_request(rsp, 1)
-    assert served == [rsp]
