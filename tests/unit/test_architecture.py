@@ -55,8 +55,9 @@ def test_modules_stay_small(path: Path) -> None:
 def test_every_package_is_listed_in_pyproject() -> None:
     import tomllib
 
-    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "packages"])
+    listed = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
     on_disk = {
         str(p.parent.relative_to(REPO)).replace("/", ".")
         for pkg in ("adapter", "importer", "exporter")

@@ -54,8 +54,13 @@ def test_validate_reports_the_bad_key_and_exits_2(
 
 
 def test_refused_legacy_flag_exits_2_with_its_name(capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["--dimse_aet=A", "--dicomweb_address=http://x/dicom-web",
-                 "--redact_filter_profile=CHC_BASIC"])
+    code = main(
+        [
+            "--dimse_aet=A",
+            "--dicomweb_address=http://x/dicom-web",
+            "--redact_filter_profile=CHC_BASIC",
+        ]
+    )
     assert code == 2
     assert "not supported yet: --redact_filter_profile" in capsys.readouterr().err
 
@@ -63,7 +68,10 @@ def test_refused_legacy_flag_exits_2_with_its_name(capsys: pytest.CaptureFixture
 def test_installed_console_script_answers_help() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "adapter.cli", "--help"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "dicom-adapter" in result.stdout

@@ -25,7 +25,7 @@ def error_of(data: object) -> str:
 
 def test_non_numeric_port_names_key_expected_and_found() -> None:
     msg = error_of({**BASE, "importer": {"dimse": {"port": "abc"}}})
-    assert 'importer.dimse.port: expected an integer 1-65535, got \'abc\'' in msg
+    assert "importer.dimse.port: expected an integer 1-65535, got 'abc'" in msg
     assert msg.startswith("site.yaml: invalid configuration")
 
 
@@ -52,8 +52,9 @@ def test_enum_values_are_listed() -> None:
 
 
 def test_inline_secret_is_refused_with_the_alternative() -> None:
-    msg = error_of({"dicomweb": {"url": "http://x/dicom-web", "auth": {"kind": "bearer",
-                                                                      "token": "s3cr3t"}}})
+    msg = error_of(
+        {"dicomweb": {"url": "http://x/dicom-web", "auth": {"kind": "bearer", "token": "s3cr3t"}}}
+    )
     assert "dicomweb.auth: secrets never live in the YAML: use token_env or token_file" in msg
     assert "s3cr3t" not in msg
 
@@ -73,8 +74,15 @@ def test_bad_url_is_refused() -> None:
 
 
 def test_exporter_destination_kind_selects_its_fields() -> None:
-    msg = error_of({**BASE, "exporter": {"pubsub": {"project": "p", "subscription": "s"},
-                                         "destination": {"kind": "dimse", "host": "h"}}})
+    msg = error_of(
+        {
+            **BASE,
+            "exporter": {
+                "pubsub": {"project": "p", "subscription": "s"},
+                "destination": {"kind": "dimse", "host": "h"},
+            },
+        }
+    )
     assert "exporter.destination.dimse.ae_title: required key is missing" in msg
     assert "exporter.destination.dimse.port: required key is missing" in msg
 
