@@ -104,4 +104,6 @@ class ExporterConfig(ConfigModel):
     filters: FilterConfig = FilterConfig()
     echo_guard: EchoGuardConfig = EchoGuardConfig()
     state_dir: Path = Path("/var/lib/dicom-adapter/export")
-    workers: int = Field(8, ge=1, le=128)
+    #: Messages handled at once (each: WADO-RS fetch, then C-STORE on a pooled association);
+    #: more than destination.pool_size so that fetches overlap the stores.
+    workers: int = Field(16, ge=1, le=128)

@@ -12,6 +12,7 @@ import base64
 import heapq
 import itertools
 import logging
+import struct
 import threading
 import time
 import uuid
@@ -21,11 +22,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
 
 from adapter import metrics
 from adapter.deadletter import DeadLetterQueue
 from adapter.dicomweb.wado import WadoClient
 from adapter.errors import AdapterError, PermanentError
+from adapter.part10_scan import ScanError, read_file_meta
 from adapter.retry import RetryPolicy
 from exporter.echo_guard import EchoGuard
 from exporter.filters import NotificationFilter
@@ -160,6 +163,7 @@ class MessageHandler:
         self.retry_policy = retry_policy
         self.max_delivery_attempts = max_delivery_attempts
         self.tmp_dir = tmp_dir
+        tmp_dir.mkdir(parents=True, exist_ok=True)  # once: WadoClient recreates it if removed
         self.nacks = nacks
         self.publish_dead_letter = publish_dead_letter
         self.stop_event = stop_event or threading.Event()
@@ -198,24 +202,20 @@ class MessageHandler:
             self._skip(message, note, "echo", f"received from {source}, the destination")
             return
         root = resolve_dicomweb_root(self.source_url, note, self.source_url_kind)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
         path = self.tmp_dir / f"{uid}-{uuid.uuid4().hex[:8]}.dcm"
         try:
             self._wado_client(root).retrieve_instance(
                 note.study_instance_uid, note.series_instance_uid, uid, path
             )
-            header = dcmread(path, stop_before_pixels=True)
-            if str(header.get("SOPInstanceUID", "")) != uid or "SOPClassUID" not in header:
-                raise PermanentError(
-                    f"WADO-RS for {uid} returned instance {header.get('SOPInstanceUID')!r} "
-                    f"of SOP class {header.get('SOPClassUID')!r}"
-                )
-            reason = self.filter.skip_reason_for_header(note, header)
-            if reason is not None:
-                self._skip(message, note, "filtered", reason)
-                return
+            sop_class = _checked_sop_class(path, uid)
+            if self.filter.needs_header:
+                header = dcmread(path, stop_before_pixels=True)
+                reason = self.filter.skip_reason_for_header(note, header)
+                if reason is not None:
+                    self._skip(message, note, "filtered", reason)
+                    return
             try:
-                outcome = self.sink.deliver(path, str(header.SOPClassUID), uid)
+                outcome = self.sink.deliver(path, sop_class, uid)
             except PermanentError as exc:
                 self._delivery_metric("permanent_error")
                 self._dead_letter(message, note, exc, attempt, "permanent", payload=path)
@@ -329,3 +329,26 @@ class MessageHandler:
         metrics.EXPORT_MESSAGES_DEAD_LETTERED_TOTAL.inc()
         message.ack()
         self._attempts.forget(message.message_id)
+
+
+def _checked_sop_class(path: Path, uid: str) -> str:
+    """The SOP Class UID of the retrieved file (its File Meta Information, PS3.10 7.1), after
+    checking that the store returned the instance that was asked for."""
+    try:
+        fast = read_file_meta(path)
+        instance, sop_class = fast.media_storage_sop_instance_uid, fast.media_storage_sop_class_uid
+    except (ScanError, OSError, struct.error):
+        try:
+            meta = read_file_meta_info(path)
+        except Exception as exc:  # pydicom raises many kinds on garbage
+            raise PermanentError(
+                f"WADO-RS for {uid} returned no readable File Meta Information: "
+                f"{type(exc).__name__}"
+            ) from exc
+        instance = str(meta.get("MediaStorageSOPInstanceUID", ""))
+        sop_class = str(meta.get("MediaStorageSOPClassUID", ""))
+    if instance != uid or not sop_class:
+        raise PermanentError(
+            f"WADO-RS for {uid} returned instance {instance!r} of SOP class {sop_class!r}"
+        )
+    return sop_class

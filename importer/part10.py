@@ -17,8 +17,8 @@ from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from adapter.dicomweb.json_model import is_valid_uid
+from adapter.part10_scan import ScanError, TruncatedError, scan_part10_header
 from adapter.status import Status
-from importer.part10_scan import ScanError, TruncatedError, scan_part10_header
 
 __all__ = ["DatasetFacts", "InvalidDatasetError", "check_part10", "is_valid_uid", "printable"]
 

@@ -40,15 +40,6 @@ def _accept(transfer_syntax: str | None) -> str:
     return value
 
 
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 class WadoClient:
     """WADO-RS instance retrieval to files."""
 
@@ -60,7 +51,8 @@ class WadoClient:
     def retrieve_instance(
         self, study: str, series: str, instance: str, dest: Path, transfer_syntax: str = "*"
     ) -> Path:
-        """Download one instance to ``dest`` (atomically); returns ``dest``.
+        """Download one instance to ``dest`` (atomically: complete or absent); returns ``dest``.
+        Not fsynced: every caller holds it as a scratch copy of what the store keeps.
 
         404 -> PermanentError; 408/429/5xx, timeouts and cut transfers -> TransientError.
         """
@@ -97,19 +89,20 @@ class WadoClient:
 
     def _save(self, response: requests.Response, dest: Path, what: str) -> Path:
         partial = dest.with_name(dest.name + ".part")
-        dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with open(partial, "wb") as out:
+            try:
+                out = open(partial, "w+b")  # noqa: SIM115 - closed below
+            except FileNotFoundError:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                out = open(partial, "w+b")  # noqa: SIM115
+            with out:
                 self._write_body(response, out, what)
-                out.flush()
-                os.fsync(out.fileno())
-            _check_part10(partial, what)
+                _check_part10(out, what)
             os.replace(partial, dest)
         except BaseException:
             with contextlib.suppress(OSError):
                 partial.unlink()
             raise
-        _fsync_dir(dest.parent)
         return dest
 
     @staticmethod
@@ -133,9 +126,8 @@ class WadoClient:
             raise PermanentError(f"{what}: multipart answer has no part")
 
 
-def _check_part10(path: Path, what: str) -> None:
+def _check_part10(handle: BinaryIO, what: str) -> None:
     """A Part-10 file has 'DICM' at offset 128 (PS3.10 7.1); anything else is not an instance."""
-    with open(path, "rb") as handle:
-        handle.seek(128)
-        if handle.read(4) != b"DICM":
-            raise PermanentError(f"{what}: retrieved data is not a DICOM Part-10 file")
+    handle.seek(128)
+    if handle.read(4) != b"DICM":
+        raise PermanentError(f"{what}: retrieved data is not a DICOM Part-10 file")

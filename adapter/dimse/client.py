@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -30,6 +31,7 @@ from adapter.dimse.store_requestor import (
     StoreAssociation,
 )
 from adapter.errors import PermanentError, TransientError
+from adapter.part10_scan import FileMeta, ScanError, read_file_meta
 from adapter.status import Status
 
 __all__ = ["FALLBACK_TRANSFER_SYNTAXES", "MAX_CONTEXTS", "StoreScu", "classify_store_status"]
@@ -153,9 +155,10 @@ class StoreScu:
         (SOP class refused, 0xA9xx/0xCxxx, no decoder for a needed conversion).
         """
         path = Path(path)
-        meta, offset = split_dataset(path)
-        sop_class = UID(str(meta.MediaStorageSOPClassUID))
-        transfer_syntax = UID(str(meta.TransferSyntaxUID))
+        meta = _file_meta(path)
+        offset = meta.data_set_offset
+        sop_class = UID(meta.media_storage_sop_class_uid)
+        transfer_syntax = UID(meta.transfer_syntax_uid)
         # A data set has an even length (PS3.5 A.5 pads a deflated stream; dcmtk refuses odd
         # PDV fragments): an unpadded file is re-encoded by pynetdicom, which pads.
         odd = (path.stat().st_size - offset) % 2 == 1
@@ -323,11 +326,11 @@ class StoreScu:
         return False
 
     # ------------------------------------------------------------------------------ C-STORE
-    def _store(self, link: _Link, path: Path, meta: Dataset, offset: int, odd: bool) -> int:
+    def _store(self, link: _Link, path: Path, meta: FileMeta, offset: int, odd: bool) -> int:
         assoc = link.assoc
         assert assoc is not None
-        sop_class = UID(str(meta.MediaStorageSOPClassUID))
-        transfer_syntax = UID(str(meta.TransferSyntaxUID))
+        sop_class = UID(meta.media_storage_sop_class_uid)
+        transfer_syntax = UID(meta.transfer_syntax_uid)
         abstract = str(sop_class)
         exact = assoc.accepted.get((abstract, str(transfer_syntax)))
         others = [(ts, cx) for (a, ts), cx in assoc.accepted.items() if a == abstract]
@@ -348,7 +351,7 @@ class StoreScu:
                 link.next_msg_id(),
                 context_id,
                 abstract,
-                str(meta.MediaStorageSOPInstanceUID),
+                meta.media_storage_sop_instance_uid,
                 data,
                 offset,
             )
@@ -384,6 +387,21 @@ class StoreScu:
                 ) from exc
         log.info("converted %s from %s for %s", path.name, source.name, self.peer)
         return ds
+
+
+def _file_meta(path: Path) -> FileMeta:
+    """The file's meta information: the fast reader, pydicom for what it does not read."""
+    try:
+        return read_file_meta(path)
+    except (ScanError, OSError, struct.error):
+        pass
+    meta, offset = split_dataset(path)
+    return FileMeta(
+        transfer_syntax_uid=str(meta.TransferSyntaxUID),
+        media_storage_sop_class_uid=str(meta.MediaStorageSOPClassUID),
+        media_storage_sop_instance_uid=str(meta.MediaStorageSOPInstanceUID),
+        data_set_offset=offset,
+    )
 
 
 def _encoded(ds: Dataset, syntax: UID) -> bytes:

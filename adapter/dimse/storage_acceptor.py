@@ -179,7 +179,7 @@ class StorageAssociation:
     def serve(self) -> None:
         """Send the A-ASSOCIATE-AC, then serve PDUs; always closes the socket."""
         try:
-            self.sock.settimeout(self.settings.network_timeout)
+            self._blocking_with_timeouts(self.settings.network_timeout)
             self._send(
                 encode_associate_ac(
                     self.request,
@@ -190,7 +190,7 @@ class StorageAssociation:
                 )
             )
             self._serve_pdus()
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO expired: EAGAIN
             log.warning(
                 "association idle for %gs: aborting",
                 self.settings.network_timeout,
@@ -225,11 +225,22 @@ class StorageAssociation:
             self.sock.sendall(data)
 
     # ------------------------------------------------------------------ reading
+    def _blocking_with_timeouts(self, timeout: float | None) -> None:
+        """A blocking socket with kernel-side timeouts (SO_RCVTIMEO/SO_SNDTIMEO), so that
+        MSG_WAITALL reads a whole PDV in one system call: every call releases and re-takes
+        the GIL, and with many associations each re-take can wait (the convoy effect)."""
+        self.sock.settimeout(None)
+        if timeout:
+            seconds = int(timeout)
+            timeval = struct.pack("ll", seconds, int((timeout - seconds) * 1e6))
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
     def _read_exact(self, n: int) -> bytes:
         view = self._view
         got = 0
         while got < n:
-            count = self.sock.recv_into(view[got:n], n - got)
+            count = self.sock.recv_into(view[got:n], n - got, socket.MSG_WAITALL)
             if count == 0:
                 raise EOFError("peer closed the connection")
             got += count
@@ -363,7 +374,7 @@ class StorageAssociation:
         view, sock = self._view, self.sock
         left = length
         while left > 0:
-            count = sock.recv_into(view, min(left, _CHUNK))
+            count = sock.recv_into(view, min(left, _CHUNK), socket.MSG_WAITALL)
             if count == 0:
                 raise EOFError("peer closed the connection in a data set")
             left -= count

@@ -115,8 +115,6 @@ class StoreAssociation:
         accepted_abstracts = {abstract for abstract, _ in self.accepted}
         self.rejected = {a for a, _ in contexts.values()} - accepted_abstracts
         self.is_established = True
-        self.network_timeout: float | None = None
-        self.dimse_timeout: float | None = None
 
     # ------------------------------------------------------------------ establishment
     @classmethod
@@ -166,11 +164,12 @@ class StoreAssociation:
                 accept = parse_associate_ac(struct.pack(">BBL", kind, 0, len(body)) + body)
             except PduError as exc:
                 raise AssociationAbortedError(f"malformed A-ASSOCIATE-AC: {exc}") from None
-            sock.settimeout(network_timeout)
-            assoc = cls(sock, numbered, accept.results, accept.max_pdu_length)
-            assoc.network_timeout = network_timeout
-            assoc.dimse_timeout = dimse_timeout or network_timeout
-            return assoc
+            # Blocking, with kernel-side timeouts: sendfile(2) then sends a whole fragment and a
+            # read takes a whole PDU in one call (each call re-takes the GIL).
+            sock.settimeout(None)
+            _kernel_timeout(sock, socket.SO_SNDTIMEO, network_timeout)
+            _kernel_timeout(sock, socket.SO_RCVTIMEO, dimse_timeout or network_timeout)
+            return cls(sock, numbered, accept.results, accept.max_pdu_length)
         except TimeoutError:
             sock.close()
             raise AssociationAbortedError(f"no answer within {acse_timeout:g}s") from None
@@ -200,11 +199,7 @@ class StoreAssociation:
                 self._send_bytes(context_id, data_set)
             else:
                 self._send_file(context_id, data_set, offset)
-            self.sock.settimeout(self.dimse_timeout)  # PS3.7: the response within the DIMSE timeout
-            try:
-                return self._read_response(message_id)
-            finally:
-                self.sock.settimeout(self.network_timeout)
+            return self._read_response(message_id)  # within the DIMSE timeout (SO_RCVTIMEO)
         except (OSError, EOFError, CommandError, PduError) as exc:
             self.close(abort=True)
             raise AssociationAbortedError(f"{type(exc).__name__}: {exc}") from None
@@ -237,10 +232,12 @@ class StoreAssociation:
             while True:
                 count = min(size, total - pos)
                 self.sock.sendall(self._pdv_header(context_id, count, pos + count >= total))
-                if count:
-                    sent = self.sock.sendfile(fp, offset + pos, count)
-                    if sent != count:
+                done, out, src = 0, self.sock.fileno(), fp.fileno()
+                while done < count:
+                    sent = os.sendfile(out, src, offset + pos + done, count - done)
+                    if sent == 0:
                         raise EOFError(f"{path.name} shrank while being sent")
+                    done += sent
                 pos += count
                 if pos >= total:
                     return
@@ -280,7 +277,7 @@ class StoreAssociation:
         if not self.is_established:
             return
         try:
-            self.sock.settimeout(timeout)
+            _kernel_timeout(self.sock, socket.SO_RCVTIMEO, timeout)
             self.sock.sendall(encode_release_rq())
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
@@ -305,10 +302,17 @@ class StoreAssociation:
             self.sock.close()
 
 
+def _kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
+    """SO_RCVTIMEO/SO_SNDTIMEO: a blocking call fails with EAGAIN after ``seconds``."""
+    whole = int(seconds)
+    timeval = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+    sock.setsockopt(socket.SOL_SOCKET, option, timeval)
+
+
 def _read_exact(sock: socket.socket, n: int) -> bytes:
     data = bytearray()
     while len(data) < n:
-        chunk = sock.recv(n - len(data))
+        chunk = sock.recv(n - len(data), socket.MSG_WAITALL)
         if not chunk:
             raise EOFError("connection closed")
         data += chunk

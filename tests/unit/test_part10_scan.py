@@ -1,4 +1,4 @@
-"""The fast Part-10 header scan (importer/part10_scan.py) agrees with pydicom, refuses with
+"""The fast Part-10 header scan (adapter/part10_scan.py) agrees with pydicom, refuses with
 ScanError what it does not read, and check_part10 keeps its answers with it in front."""
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from adapter.part10_scan import HeaderFacts, ScanError, scan_part10_header
 from adapter.status import Status
 from importer import part10
 from importer.part10 import DatasetFacts, InvalidDatasetError, check_part10
-from importer.part10_scan import HeaderFacts, ScanError, scan_part10_header
 from tests.peers.datasets import (
     make_ct_series,
     make_mr_instance,

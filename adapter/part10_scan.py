@@ -11,9 +11,17 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["HeaderFacts", "ScanError", "TruncatedError", "scan_part10_header"]
+__all__ = [
+    "FileMeta",
+    "HeaderFacts",
+    "ScanError",
+    "TruncatedError",
+    "read_file_meta",
+    "scan_part10_header",
+]
 
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _IMPLICIT_LE = "1.2.840.10008.1.2"
@@ -121,8 +129,18 @@ class _Reader:
         return end
 
 
-def _meta(fp: BinaryIO) -> tuple[str, int]:
-    """(transfer syntax, offset of the data set) from the File Meta Information."""
+@dataclass(frozen=True)
+class FileMeta:
+    """The File Meta Information a sender needs (PS3.10 7.1) and where the data set starts."""
+
+    transfer_syntax_uid: str
+    media_storage_sop_class_uid: str
+    media_storage_sop_instance_uid: str
+    data_set_offset: int
+
+
+def _meta(fp: BinaryIO) -> FileMeta:
+    """The File Meta Information of the file at ``fp`` (positioned at 0)."""
     head = fp.read(144)
     if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
         raise ScanError("no File Meta Information group length")
@@ -134,6 +152,7 @@ def _meta(fp: BinaryIO) -> tuple[str, int]:
     meta = fp.read(group_length)
     if len(meta) < group_length:
         raise ScanError("meta cut off")
+    values: dict[int, str] = {}
     pos = 0
     while pos + 8 <= len(meta):
         group, element = struct.unpack_from("<HH", meta, pos)
@@ -148,16 +167,31 @@ def _meta(fp: BinaryIO) -> tuple[str, int]:
             pos += 8
         if group != 0x0002:
             raise ScanError("non-meta element in the meta group")
-        if element == 0x0010:
-            return _text(meta[pos : pos + length]), 144 + group_length
+        if element in (0x0002, 0x0003, 0x0010):
+            values[element] = _text(meta[pos : pos + length])
         pos += length
-    raise ScanError("no Transfer Syntax UID")
+    if 0x0010 not in values:
+        raise ScanError("no Transfer Syntax UID")
+    return FileMeta(
+        transfer_syntax_uid=values[0x0010],
+        media_storage_sop_class_uid=values.get(0x0002, ""),
+        media_storage_sop_instance_uid=values.get(0x0003, ""),
+        data_set_offset=144 + group_length,
+    )
+
+
+def read_file_meta(path: Path) -> FileMeta:
+    """The File Meta Information of the Part-10 file at ``path`` (ScanError if it has none
+    this reader understands)."""
+    with open(path, "rb") as fp:
+        return _meta(fp)
 
 
 def scan_part10_header(fp: BinaryIO, size: int) -> HeaderFacts:
     """Scan the open Part-10 file ``fp`` of ``size`` bytes (Implicit or Explicit VR LE)."""
     fp.seek(0)
-    syntax, pos = _meta(fp)
+    meta = _meta(fp)
+    syntax, pos = meta.transfer_syntax_uid, meta.data_set_offset
     # Explicit/Implicit VR LE, and the encapsulated syntaxes (JPEG family .4.x, RLE .5) whose
     # data sets are Explicit VR LE too; Deflated and Big Endian go to pydicom.
     encapsulated = syntax.startswith("1.2.840.10008.1.2.4.") or syntax == "1.2.840.10008.1.2.5"
