@@ -162,9 +162,14 @@ class Spool:
         return self._room_problem(incoming_bytes) is None
 
     def _room_problem(self, incoming_bytes: int) -> str | None:
+        return self._budget_problem(incoming_bytes) or disk_floor_problem(
+            self.path, incoming_bytes, self.min_free_bytes
+        )
+
+    def _budget_problem(self, incoming_bytes: int) -> str | None:
         if self._bytes + incoming_bytes > self.max_bytes:
             return f"spool holds {self._bytes} of {self.max_bytes} bytes"
-        return disk_floor_problem(self.path, incoming_bytes, self.min_free_bytes)
+        return None
 
     def put_file(
         self, src_tmp_path: Path, meta: SpoolMeta, context: dict[str, Any] | None = None
@@ -178,8 +183,9 @@ class Spool:
         size = src.stat().st_size
         entry_id = new_entry_id()
         dst = self.ready_dir / f"{entry_id}{SUFFIX}"
+        floor = disk_floor_problem(self.path, size, self.min_free_bytes)  # a syscall: unlocked
         with self._cond:
-            problem = self._room_problem(size)
+            problem = floor or self._budget_problem(size)
             if problem is not None:
                 raise SpoolFullError(problem)
             self._bytes += size  # reserved while the file moves in
@@ -263,7 +269,7 @@ class Spool:
         batch: list[SpoolEntry] = []
         total = 0
         uids: set[str] = set()
-        for entry in list(self._pending.values()):
+        for entry in self._pending.values():  # entries are removed after the loop
             if len(batch) >= max_instances:
                 break
             uid = entry.meta.sop_instance_uid
