@@ -218,7 +218,7 @@ def test_unknown_called_ae_is_a_permanent_rejection(
 ) -> None:
     scp = start_scp(configure=lambda ae: setattr(ae, "require_called_aet", True))
     scu = StoreScu("WRONG", "127.0.0.1", scp.port, acse_timeout=5)
-    with pytest.raises(PermanentError, match="(?i)called AE title not recogni[sz]ed"):
+    with pytest.raises(PermanentError, match=r"(?i)called AE title not recogni[sz]ed"):
         scu.send_file(ct[0])
 
 
