@@ -149,9 +149,14 @@ def ssl_context_for(tls: TlsConfig) -> ssl.SSLContext:
 
 class _RoutingServer(ThreadedAssociationServer):
     """pynetdicom's threaded listener, with a first look at each connection (in its own
-    thread): ``route`` serves it natively and returns True, or leaves it to pynetdicom."""
+    thread): ``route`` serves it natively and returns True, or leaves it to pynetdicom.
+
+    Closing it does not wait for connection threads (a native association runs in one):
+    DimseServer.stop drains and aborts them itself, within its timeout."""
 
     route: Callable[[socket.socket, tuple[str, int]], bool] | None = None
+    daemon_threads = True
+    block_on_close = False
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         route = self.route
@@ -169,6 +174,21 @@ class _ReusePortServer(_RoutingServer):
         assert self.socket is not None
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
+
+
+class _SharedLimitAE(AE):
+    """pynetdicom counts only its own associations against ``maximum_associations``; the
+    native acceptor's count too (``native_count``)."""
+
+    native_count: Callable[[], int] = staticmethod(lambda: 0)
+
+    @property
+    def maximum_associations(self) -> int:
+        return int(self._maximum_associations) - self.native_count()
+
+    @maximum_associations.setter
+    def maximum_associations(self, value: int) -> None:
+        AE.maximum_associations.fset(self, value)  # type: ignore[attr-defined]
 
 
 def on_c_echo(event: Event) -> int:
@@ -224,7 +244,7 @@ class DimseServer:
         self.name = name
         self.reuse_port = reuse_port
         self.config = config
-        self.ae = AE(ae_title=config.ae_title)
+        self.ae = _SharedLimitAE(ae_title=config.ae_title)
         ae = self.ae
         ae.maximum_associations = config.max_associations
         ae.maximum_pdu_size = config.maximum_pdu_size
@@ -276,9 +296,10 @@ class DimseServer:
                 receive_dir,
                 storage_handler,
                 tie_order=_TIE_ORDER,
-                others=lambda: len(self._acceptors()),
+                others=lambda: sum(1 for a in self._acceptors() if a.is_established),
                 label=self._label,
             )
+            self.ae.native_count = lambda: len(self._native_open())
 
     # ------------------------------------------------------------------ Service
     @property

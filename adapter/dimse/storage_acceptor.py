@@ -258,6 +258,8 @@ class StorageAssociation:
                 self.closed.set()
                 return
             elif kind == A_ABORT:
+                if length <= 64:
+                    self._read_exact(length)  # then close: the peer sees an orderly close
                 self.aborted_by_peer = True
                 self.closed.set()
                 return
