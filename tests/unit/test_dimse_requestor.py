@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom import pdu as npdu
 from pynetdicom.dsutils import decode, split_dataset
 
@@ -137,7 +137,12 @@ def scp(tmp_path: Path) -> Iterator[tuple[int, list[bytes], dict[str, Any]]]:
 
     def on_store(event: Any) -> int:
         time.sleep(behaviour["delay"])
-        received.append(event.request.DataSet.getvalue())
+        if _config.STORE_RECV_CHUNKED_DATASET:  # set process-wide by adapter.dimse.server
+            stored = Path(event.dataset_path)
+            _, offset = split_dataset(stored)
+            received.append(stored.read_bytes()[offset:])
+        else:
+            received.append(event.request.DataSet.getvalue())
         return int(behaviour["status"])
 
     ae = AE(ae_title="PACS")
