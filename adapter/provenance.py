@@ -33,10 +33,28 @@ class ProvenanceLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.ttl = ttl
         self._local = threading.local()
-        with self._conn() as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(_SCHEMA)
+        self._initialise()
         self.expire()  # entries past the TTL are never consulted: keep the file from growing
+
+    def _initialise(self, deadline: float = 30.0) -> None:
+        """WAL mode and the table. Several processes may open the file at once (receiving
+        processes, importer and exporter pods): switching the journal mode can fail with
+        "database is locked" without waiting for the busy timeout, so retry, bounded."""
+        give_up = time.monotonic() + deadline
+        delay = 0.01
+        while True:
+            try:
+                conn = self._conn()
+                mode = conn.execute("PRAGMA journal_mode").fetchone()
+                if not mode or str(mode[0]).lower() != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= give_up:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
