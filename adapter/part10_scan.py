@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from pynetdicom.dsutils import split_dataset
+
 __all__ = [
     "FileMeta",
     "HeaderFacts",
@@ -181,10 +183,23 @@ def _meta(fp: BinaryIO) -> FileMeta:
 
 
 def read_file_meta(path: Path) -> FileMeta:
-    """The File Meta Information of the Part-10 file at ``path`` (ScanError if it has none
-    this reader understands)."""
-    with open(path, "rb") as fp:
-        return _meta(fp)
+    """The File Meta Information of the Part-10 file at ``path``: this reader, or pydicom for
+    what it does not read. Raises ValueError (or OSError) when the file has none."""
+    try:
+        with open(path, "rb") as fp:
+            return _meta(fp)
+    except (ScanError, struct.error):
+        pass
+    try:
+        meta, offset = split_dataset(path)
+    except Exception as exc:  # pydicom raises many kinds on garbage
+        raise ValueError(f"no readable File Meta Information: {type(exc).__name__}") from exc
+    return FileMeta(
+        transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")),
+        media_storage_sop_class_uid=str(meta.get("MediaStorageSOPClassUID", "")),
+        media_storage_sop_instance_uid=str(meta.get("MediaStorageSOPInstanceUID", "")),
+        data_set_offset=offset,
+    )
 
 
 def scan_part10_header(fp: BinaryIO, size: int) -> HeaderFacts:

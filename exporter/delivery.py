@@ -12,7 +12,6 @@ import base64
 import heapq
 import itertools
 import logging
-import struct
 import threading
 import time
 import uuid
@@ -22,13 +21,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pydicom import dcmread
-from pydicom.filereader import read_file_meta_info
 
 from adapter import metrics
 from adapter.deadletter import DeadLetterQueue
 from adapter.dicomweb.wado import WadoClient
 from adapter.errors import AdapterError, PermanentError
-from adapter.part10_scan import ScanError, read_file_meta
+from adapter.part10_scan import read_file_meta
 from adapter.retry import RetryPolicy
 from exporter.echo_guard import EchoGuard
 from exporter.filters import NotificationFilter
@@ -335,18 +333,10 @@ def _checked_sop_class(path: Path, uid: str) -> str:
     """The SOP Class UID of the retrieved file (its File Meta Information, PS3.10 7.1), after
     checking that the store returned the instance that was asked for."""
     try:
-        fast = read_file_meta(path)
-        instance, sop_class = fast.media_storage_sop_instance_uid, fast.media_storage_sop_class_uid
-    except (ScanError, OSError, struct.error):
-        try:
-            meta = read_file_meta_info(path)
-        except Exception as exc:  # pydicom raises many kinds on garbage
-            raise PermanentError(
-                f"WADO-RS for {uid} returned no readable File Meta Information: "
-                f"{type(exc).__name__}"
-            ) from exc
-        instance = str(meta.get("MediaStorageSOPInstanceUID", ""))
-        sop_class = str(meta.get("MediaStorageSOPClassUID", ""))
+        meta = read_file_meta(path)
+    except ValueError as exc:
+        raise PermanentError(f"WADO-RS for {uid} returned {exc}") from exc
+    instance, sop_class = meta.media_storage_sop_instance_uid, meta.media_storage_sop_class_uid
     if instance != uid or not sop_class:
         raise PermanentError(
             f"WADO-RS for {uid} returned instance {instance!r} of SOP class {sop_class!r}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import struct
 import threading
 import time
 from collections import OrderedDict
@@ -21,7 +20,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from pynetdicom.dsutils import encode, split_dataset
+from pynetdicom.dsutils import encode
 from pynetdicom.status import code_to_category
 
 from adapter.dimse.store_requestor import (
@@ -31,7 +30,7 @@ from adapter.dimse.store_requestor import (
     StoreAssociation,
 )
 from adapter.errors import PermanentError, TransientError
-from adapter.part10_scan import FileMeta, ScanError, read_file_meta
+from adapter.part10_scan import FileMeta, read_file_meta
 from adapter.status import Status
 
 __all__ = ["FALLBACK_TRANSFER_SYNTAXES", "MAX_CONTEXTS", "StoreScu", "classify_store_status"]
@@ -155,7 +154,7 @@ class StoreScu:
         (SOP class refused, 0xA9xx/0xCxxx, no decoder for a needed conversion).
         """
         path = Path(path)
-        meta = _file_meta(path)
+        meta = read_file_meta(path)
         offset = meta.data_set_offset
         sop_class = UID(meta.media_storage_sop_class_uid)
         transfer_syntax = UID(meta.transfer_syntax_uid)
@@ -387,21 +386,6 @@ class StoreScu:
                 ) from exc
         log.info("converted %s from %s for %s", path.name, source.name, self.peer)
         return ds
-
-
-def _file_meta(path: Path) -> FileMeta:
-    """The file's meta information: the fast reader, pydicom for what it does not read."""
-    try:
-        return read_file_meta(path)
-    except (ScanError, OSError, struct.error):
-        pass
-    meta, offset = split_dataset(path)
-    return FileMeta(
-        transfer_syntax_uid=str(meta.TransferSyntaxUID),
-        media_storage_sop_class_uid=str(meta.MediaStorageSOPClassUID),
-        media_storage_sop_instance_uid=str(meta.MediaStorageSOPInstanceUID),
-        data_set_offset=offset,
-    )
 
 
 def _encoded(ds: Dataset, syntax: UID) -> bytes:

@@ -36,6 +36,7 @@ from adapter.dimse.command_set import (
     encode_c_echo_rsp,
     encode_c_store_rsp,
 )
+from adapter.dimse.contexts import VERIFICATION_SOP_CLASS
 from adapter.dimse.pdu import (
     A_ABORT,
     A_RELEASE_RQ,
@@ -47,6 +48,7 @@ from adapter.dimse.pdu import (
     encode_p_data,
     encode_release_rp,
 )
+from adapter.dimse.transport import kernel_timeouts
 
 __all__ = [
     "AcceptorSettings",
@@ -179,7 +181,7 @@ class StorageAssociation:
     def serve(self) -> None:
         """Send the A-ASSOCIATE-AC, then serve PDUs; always closes the socket."""
         try:
-            self._blocking_with_timeouts(self.settings.network_timeout)
+            kernel_timeouts(self.sock, self.settings.network_timeout)
             self._send(
                 encode_associate_ac(
                     self.request,
@@ -225,17 +227,6 @@ class StorageAssociation:
             self.sock.sendall(data)
 
     # ------------------------------------------------------------------ reading
-    def _blocking_with_timeouts(self, timeout: float | None) -> None:
-        """A blocking socket with kernel-side timeouts (SO_RCVTIMEO/SO_SNDTIMEO), so that
-        MSG_WAITALL reads a whole PDV in one system call: every call releases and re-takes
-        the GIL, and with many associations each re-take can wait (the convoy effect)."""
-        self.sock.settimeout(None)
-        if timeout:
-            seconds = int(timeout)
-            timeval = struct.pack("ll", seconds, int((timeout - seconds) * 1e6))
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
-
     def _read_exact(self, n: int) -> bytes:
         view = self._view
         got = 0
@@ -339,7 +330,7 @@ class StorageAssociation:
         )
         self._store_request = request
         self._refusal = None
-        if abstract not in self.settings.supported or abstract == "1.2.840.10008.1.1":
+        if abstract not in self.settings.supported or abstract == VERIFICATION_SOP_CLASS:
             self._refusal = StoreResult(_STATUS_SOP_CLASS_NOT_SUPPORTED, "not a storage context")
             return
         try:

@@ -38,6 +38,7 @@ from adapter.dimse.pdu import (
     encode_release_rq,
     parse_associate_ac,
 )
+from adapter.dimse.transport import kernel_timeouts
 
 __all__ = [
     "AssociationAbortedError",
@@ -166,9 +167,7 @@ class StoreAssociation:
                 raise AssociationAbortedError(f"malformed A-ASSOCIATE-AC: {exc}") from None
             # Blocking, with kernel-side timeouts: sendfile(2) then sends a whole fragment and a
             # read takes a whole PDU in one call (each call re-takes the GIL).
-            sock.settimeout(None)
-            _kernel_timeout(sock, socket.SO_SNDTIMEO, network_timeout)
-            _kernel_timeout(sock, socket.SO_RCVTIMEO, dimse_timeout or network_timeout)
+            kernel_timeouts(sock, dimse_timeout or network_timeout, network_timeout)
             return cls(sock, numbered, accept.results, accept.max_pdu_length)
         except TimeoutError:
             sock.close()
@@ -277,7 +276,7 @@ class StoreAssociation:
         if not self.is_established:
             return
         try:
-            _kernel_timeout(self.sock, socket.SO_RCVTIMEO, timeout)
+            kernel_timeouts(self.sock, timeout)
             self.sock.sendall(encode_release_rq())
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
@@ -300,13 +299,6 @@ class StoreAssociation:
         self.is_established = False
         with contextlib.suppress(OSError):
             self.sock.close()
-
-
-def _kernel_timeout(sock: socket.socket, option: int, seconds: float) -> None:
-    """SO_RCVTIMEO/SO_SNDTIMEO: a blocking call fails with EAGAIN after ``seconds``."""
-    whole = int(seconds)
-    timeval = struct.pack("ll", whole, int((seconds - whole) * 1e6))
-    sock.setsockopt(socket.SOL_SOCKET, option, timeval)
 
 
 def _read_exact(sock: socket.socket, n: int) -> bytes:
