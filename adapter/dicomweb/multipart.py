@@ -278,6 +278,13 @@ class _MultipartReader:
         self._in_body = True
         return _parse_headers(block)
 
+    def _take(self, n: int) -> bytes:
+        """The first ``n`` buffered bytes, copied once (a bytearray slice would copy twice)."""
+        with memoryview(self._buf) as view:
+            data = bytes(view[:n])
+        del self._buf[:n]
+        return data
+
     def next_body_chunk(self) -> bytes | None:
         """The next piece of the current part's body; None once its delimiter is reached."""
         if not self._in_body:
@@ -285,15 +292,13 @@ class _MultipartReader:
         while True:
             index = self._buf.find(self._delimiter)
             if index >= 0:
-                data = bytes(self._buf[:index])
-                del self._buf[: index + len(self._delimiter)]
+                data = self._take(index)
+                del self._buf[: len(self._delimiter)]
                 self._in_body = False
                 return data
             safe = len(self._buf) - (len(self._delimiter) - 1)
             if safe > 0:
-                data = bytes(self._buf[:safe])
-                del self._buf[:safe]
-                return data
+                return self._take(safe)
             if not self._fill():
                 raise TransientError("multipart answer ended inside a part (truncated transfer)")
 
