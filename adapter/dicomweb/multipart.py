@@ -131,14 +131,19 @@ class MultipartRelatedBody:
             self._file = None
 
     def read(self, n: int = -1) -> bytes:
-        """Up to ``n`` bytes (all remaining if ``n`` < 0); ``b""`` at the end."""
-        remaining = self._length - self._position if n is None or n < 0 else n
+        """Up to ``n`` bytes (all remaining if ``n`` < 0); ``b""`` only at the end. A sized read
+        stops at the end of a segment (a short read, as file objects may return): joining a
+        part header to 1 MiB of file would copy the MiB once more."""
+        whole = n is None or n < 0
+        remaining = self._length - self._position if whole else n
         pieces: list[bytes] = []
         while remaining > 0 and self._segment < len(self._segments):
             piece = self._read_segment(remaining)
             if piece:
                 pieces.append(piece)
                 remaining -= len(piece)
+                if not whole:
+                    break
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         self._position += len(data)
         return data
