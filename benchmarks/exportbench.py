@@ -25,6 +25,7 @@ from benchmarks.procs import (
     StoreScp,
     cpu_seconds,
     free_port,
+    fresh_dir,
     fresh_orthanc,
     own_cpu_seconds,
     poll,
@@ -147,10 +148,7 @@ class ExportBench:
     profile_dir: Path | None = None
 
     def _tmp(self, name: str) -> Path:
-        path = self.workdir / name
-        shutil.rmtree(path, ignore_errors=True)
-        path.mkdir(parents=True)
-        return path
+        return fresh_dir(self.workdir / name)
 
     @property
     def _pacs(self) -> str:

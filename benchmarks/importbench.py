@@ -22,6 +22,7 @@ from benchmarks.procs import (
     StoreScp,
     cpu_seconds,
     free_port,
+    fresh_dir,
     fresh_orthanc,
     own_cpu_seconds,
     poll,
@@ -89,10 +90,7 @@ class ImportBench:
     profile_dir: Path | None = None
 
     def _tmp(self, name: str) -> Path:
-        path = self.workdir / name
-        shutil.rmtree(path, ignore_errors=True)
-        path.mkdir(parents=True)
-        return path
+        return fresh_dir(self.workdir / name)
 
     # ---------------------------------------------------------------- (a)
     def dcmtk_to_dcmtk(self, series: Series, key: str = "a") -> Measurement:

@@ -164,6 +164,13 @@ def run_storescu(port: int, files: Sequence[Path], called: str, timeout: float) 
 
 
 # ------------------------------------------------------------------------------------ Orthanc
+def fresh_dir(path: Path) -> Path:
+    """``path`` as a new empty directory (whatever an earlier run left there is removed)."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
 def fresh_orthanc(workdir: Path) -> OrthancPeer:
     """A new Orthanc with empty storage (the clean state for one measurement)."""
     peer = OrthancPeer(
