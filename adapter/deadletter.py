@@ -45,6 +45,7 @@ class DeadLetter:
     http_status: int | None = None
     failure_reason: int | None = None
     dimse_status: int | None = None
+    destination: str | None = None  # the destination that refused it (None: before routing)
     attempts: int = 0
     first_attempt: float | None = None
     last_attempt: float = field(default_factory=time.time)

@@ -334,3 +334,68 @@ UPLOAD_BATCH_SIZE = Histogram(
 """No labels; ``observe(len(batch))``."""
 
 __all__ += ["UPLOAD_BATCH_SIZE"]
+
+# --- the pipeline: routing and per-destination delivery -----------------------------------------
+
+ROUTED_TOTAL = Counter(
+    "dicom_adapter_routed_total",
+    "Instances put into a destination's outbox, by plugin, rule and destination.",
+    ["plugin", "rule", "destination"],
+    registry=REGISTRY,
+)
+"""Labels: ``plugin``, ``rule`` (configured rule name or ``default``), ``destination``."""
+
+NOT_ROUTED_TOTAL = Counter(
+    "dicom_adapter_not_routed_total",
+    "Instances (or routes) left out, by plugin and reason.",
+    ["plugin", "reason"],
+    registry=REGISTRY,
+)
+"""Label ``reason``: ``rule`` (a drop rule or default drop) | ``stage`` | ``echo``."""
+
+DELIVERIES_TOTAL = Counter(
+    "dicom_adapter_deliveries_total",
+    "Delivery outcomes per instance, by plugin, destination and outcome.",
+    ["plugin", "destination", "outcome"],
+    registry=REGISTRY,
+)
+"""Label ``outcome``: ``delivered`` | ``warning`` | ``transient_error`` | ``permanent_error``."""
+
+DELIVERY_DURATION_SECONDS = Histogram(
+    "dicom_adapter_delivery_duration_seconds",
+    "Time of one delivery request (a STOW-RS batch, a C-STORE, an object upload).",
+    ["plugin", "destination"],
+    buckets=_FAST_BUCKETS,
+    registry=REGISTRY,
+)
+
+OUTBOX_DEPTH = Gauge(
+    "dicom_adapter_outbox_depth",
+    "Instances waiting in a destination's outbox (queued, delayed or in flight).",
+    ["plugin", "destination"],
+    registry=REGISTRY,
+)
+
+OUTBOX_OLDEST_AGE_SECONDS = Gauge(
+    "dicom_adapter_outbox_oldest_age_seconds",
+    "Age of the oldest instance in a destination's outbox (0 when empty).",
+    ["plugin", "destination"],
+    registry=REGISTRY,
+)
+
+DESTINATION_UP = Gauge(
+    "dicom_adapter_destination_up",
+    "1 while a destination's last delivery attempt worked, 0 while it is failing.",
+    ["plugin", "destination"],
+    registry=REGISTRY,
+)
+
+__all__ += [
+    "DELIVERIES_TOTAL",
+    "DELIVERY_DURATION_SECONDS",
+    "DESTINATION_UP",
+    "NOT_ROUTED_TOTAL",
+    "OUTBOX_DEPTH",
+    "OUTBOX_OLDEST_AGE_SECONDS",
+    "ROUTED_TOTAL",
+]

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 if TYPE_CHECKING:
     import requests
 
-    from adapter.config import CoreConfig, DicomwebConfig, SiteConfig
+    from adapter.config import CoreConfig, DicomwebConfig, RetryConfig, SiteConfig
     from adapter.deadletter import DeadLetterQueue
     from adapter.retry import RetryPolicy
     from adapter.service import Service
@@ -42,11 +42,12 @@ class PluginContext:
     def core(self) -> CoreConfig:
         return self.site.core
 
-    def retry_policy(self) -> RetryPolicy:
-        """The site's retry policy (one for every path, so behaviour is predictable)."""
+    def retry_policy(self, override: RetryConfig | None = None) -> RetryPolicy:
+        """The site's retry policy (one for every path, so behaviour is predictable), or a
+        destination's own ``retry`` block."""
         from adapter.retry import RetryPolicy
 
-        r = self.core.retry
+        r = override or self.core.retry
         return RetryPolicy(
             max_attempts=r.max_attempts,
             initial_delay=r.initial_delay,

@@ -24,12 +24,13 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from adapter.deadletter import DeadLetterQueue
 from adapter.spool_files import (
     SUFFIX,
     DirectorySync,
+    SpoolBudget,
     SpoolEntry,
     SpoolFullError,
     SpoolMeta,
@@ -37,12 +38,17 @@ from adapter.spool_files import (
     disk_floor_problem,
     move_durably,
     new_entry_id,
+    origin_of,
     read_spool_meta,
     received_at,
 )
 
+if TYPE_CHECKING:
+    from adapter.pipeline.waiter import DeliveryWaiter
+
 __all__ = [
     "Spool",
+    "SpoolBudget",
     "SpoolEntry",
     "SpoolFullError",
     "SpoolMeta",
@@ -62,11 +68,15 @@ class Spool:
         max_bytes: int,
         min_free_bytes: int = 0,
         dead_letters: DeadLetterQueue | None = None,
+        budget: SpoolBudget | None = None,
     ) -> None:
+        """``budget``: shared with the outboxes the spool's instances move on to (an
+        instance counts against it until its last copy is delivered)."""
         self.path = Path(path)
         self.incoming_dir = self.path / "incoming"
         self.ready_dir = self.path / "ready"
-        self.max_bytes = int(max_bytes)
+        self.budget = budget or SpoolBudget(max_bytes)
+        self.max_bytes = self.budget.max_bytes
         self.min_free_bytes = int(min_free_bytes)
         self.dead_letters = dead_letters
         self._cond = threading.Condition(threading.Lock())
@@ -77,7 +87,6 @@ class Spool:
         self._moving: set[str] = set()  # put_file between rename and index: rescan skips them
         self._inflight_uids: Counter[str] = Counter()
         self._held_uids: Counter[str] = Counter()  # SOP Instance UIDs of every entry
-        self._bytes = 0
         self._lingering = False
         self._closed = False
         self._lock_fd: int | None = None
@@ -104,7 +113,7 @@ class Spool:
             log.warning("spool: deleted %d incomplete file(s) left in incoming/", removed)
         found = self.rescan()
         if found:
-            log.info("spool: resuming %d instance(s) (%d bytes)", found, self._bytes)
+            log.info("spool: resuming %d instance(s) in %s", found, self.path)
 
     def close(self) -> None:
         """Wake every waiter with nothing and release the process lock."""
@@ -135,7 +144,7 @@ class Spool:
             if entry_id in self._entries or entry_id in self._moving:
                 return None
         try:
-            meta = meta or read_spool_meta(path)
+            meta = meta or read_spool_meta(path, *origin_of(entry_id))
             size = path.stat().st_size
         except FileNotFoundError:
             return None
@@ -167,47 +176,75 @@ class Spool:
         )
 
     def _budget_problem(self, incoming_bytes: int) -> str | None:
-        if self._bytes + incoming_bytes > self.max_bytes:
-            return f"spool holds {self._bytes} of {self.max_bytes} bytes"
-        return None
+        return self.budget.problem(incoming_bytes)
 
     def put_file(
-        self, src_tmp_path: Path, meta: SpoolMeta, context: dict[str, Any] | None = None
+        self, src_tmp_path: Path, meta: SpoolMeta, waiter: DeliveryWaiter | None = None
     ) -> SpoolEntry:
         """Move a fully written file in durably (fsync, rename into ``ready/``, fsync dir).
 
-        ``context`` travels with the entry in memory (e.g. an after-upload waiter). Raises
+        ``waiter`` travels with the entry in memory (an after-upload C-STORE). Raises
         SpoolFullError (the file is left where it was) when it does not fit.
         """
         src = Path(src_tmp_path)
         size = src.stat().st_size
-        entry_id = new_entry_id()
+        entry_id = new_entry_id(meta.calling_ae, meta.called_ae)
         dst = self.ready_dir / f"{entry_id}{SUFFIX}"
         floor = disk_floor_problem(self.path, size, self.min_free_bytes)  # a syscall: unlocked
+        problem = floor or self.budget.reserve(size)  # reserved while the file moves in
+        if problem is not None:
+            raise SpoolFullError(problem)
         with self._cond:
-            problem = floor or self._budget_problem(size)
-            if problem is not None:
-                raise SpoolFullError(problem)
-            self._bytes += size  # reserved while the file moves in
             self._moving.add(entry_id)
-        entry = SpoolEntry(entry_id, dst, size, meta, time.time(), context=dict(context or {}))
+        entry = SpoolEntry(entry_id, dst, size, meta, time.time(), waiter=waiter)
         try:
             move_durably(src, self.incoming_dir, dst)
             self._ready_sync.sync()
         finally:
+            self.budget.unreserve(size)
             with self._cond:
-                self._bytes -= size
                 self._moving.discard(entry_id)
                 if dst.exists():
                     self._index(entry)
         return entry
+
+    def link_in(
+        self, src: Path, entry_id: str, meta: SpoolMeta, waiter: DeliveryWaiter | None = None
+    ) -> SpoolEntry | None:
+        """Hard-link an already durable file in as ``entry_id`` (an outbox taking a routed
+        instance) and make the link durable; the caller fsynced the file. Idempotent: the same
+        entry id again (re-routing after a crash) adds nothing and returns None."""
+        dst = self.ready_dir / f"{entry_id}{SUFFIX}"
+        with self._cond:
+            if entry_id in self._entries or entry_id in self._moving:
+                return None
+            self._moving.add(entry_id)
+        try:
+            try:
+                os.link(src, dst)
+            except FileExistsError:
+                pass  # linked before a crash; indexed below all the same
+            self._ready_sync.sync()
+            entry = SpoolEntry(entry_id, dst, dst.stat().st_size, meta, time.time(), waiter=waiter)
+        finally:
+            with self._cond:
+                self._moving.discard(entry_id)
+        with self._cond:
+            if entry_id in self._entries:
+                return None
+            self._index(entry)
+        return entry
+
+    def sync(self) -> None:
+        """Make renames and links into ``ready/`` durable (one group-committed fsync)."""
+        self._ready_sync.sync()
 
     def _index(self, entry: SpoolEntry) -> None:
         """Add a new entry (lock held) and wake a worker."""
         self._entries[entry.id] = entry
         self._held_uids[entry.meta.sop_instance_uid] += 1
         self._pending[entry.id] = entry
-        self._bytes += entry.size
+        self.budget.hold(entry.id, entry.size)
         self._cond.notify_all()
 
     # ------------------------------------------------------------------ claiming
@@ -350,7 +387,7 @@ class Spool:
             self._unclaim(entry)
             self._pending.pop(entry.id, None)
             if self._entries.pop(entry.id, None) is not None:
-                self._bytes -= entry.size
+                self.budget.drop(entry.id)
                 uid = entry.meta.sop_instance_uid
                 self._held_uids[uid] -= 1
                 if self._held_uids[uid] <= 0:
@@ -382,7 +419,8 @@ class Spool:
 
     @property
     def bytes_used(self) -> int:
-        return self._bytes
+        """Bytes held against the (shared) budget."""
+        return self.budget.used
 
     def wake(self) -> None:
         """Wake waiting claimers (e.g. on shutdown)."""

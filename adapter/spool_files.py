@@ -13,9 +13,12 @@ import shutil
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from adapter.pipeline.waiter import DeliveryWaiter
 
 from pydicom import dcmread
 
@@ -24,6 +27,7 @@ from adapter.deadletter import fsync_dir
 __all__ = [
     "SUFFIX",
     "DirectorySync",
+    "SpoolBudget",
     "SpoolEntry",
     "SpoolFullError",
     "SpoolMeta",
@@ -31,6 +35,7 @@ __all__ = [
     "disk_floor_problem",
     "move_durably",
     "new_entry_id",
+    "origin_of",
     "read_spool_meta",
     "received_at",
 ]
@@ -78,6 +83,58 @@ class SpoolFullError(Exception):
     """No room: the byte budget or the disk's free-space floor would be crossed."""
 
 
+class SpoolBudget:
+    """The byte budget shared by a spool and its outboxes. An instance hard-linked into
+    several outboxes is one file: it is counted once, until its last link goes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = int(max_bytes)
+        self._lock = threading.Lock()
+        self._held: dict[str, list[int]] = {}  # entry id -> [links, size]
+        self._reserved = 0
+        self._used = 0
+
+    @property
+    def used(self) -> int:
+        return self._used + self._reserved
+
+    def problem(self, incoming_bytes: int) -> str | None:
+        """Why ``incoming_bytes`` more do not fit (None: they do)."""
+        used = self.used
+        if used + incoming_bytes > self.max_bytes:
+            return f"spool holds {used} of {self.max_bytes} bytes"
+        return None
+
+    def reserve(self, size: int) -> str | None:
+        """Reserve room for a file on its way in; the problem if it does not fit."""
+        with self._lock:
+            problem = self.problem(size)
+            if problem is None:
+                self._reserved += size
+            return problem
+
+    def unreserve(self, size: int) -> None:
+        with self._lock:
+            self._reserved -= size
+
+    def hold(self, entry_id: str, size: int) -> None:
+        with self._lock:
+            held = self._held.setdefault(entry_id, [0, size])
+            held[0] += 1
+            if held[0] == 1:
+                self._used += size
+
+    def drop(self, entry_id: str) -> None:
+        with self._lock:
+            held = self._held.get(entry_id)
+            if held is None:
+                return
+            held[0] -= 1
+            if held[0] <= 0:
+                del self._held[entry_id]
+                self._used -= held[1]
+
+
 @dataclass(frozen=True)
 class SpoolMeta:
     """The UIDs an entry is uploaded and reported with (no patient data)."""
@@ -88,11 +145,13 @@ class SpoolMeta:
     series_instance_uid: str | None = None
     transfer_syntax_uid: str | None = None
     calling_ae: str | None = None
+    called_ae: str | None = None
 
 
 @dataclass(eq=False)
 class SpoolEntry:
-    """One instance in ``ready/``; ``attempts``/``not_before`` belong to the uploader."""
+    """One instance in ``ready/``; ``attempts``/``not_before`` belong to the delivery
+    service; ``waiter`` (in memory only) is whoever waits for its delivery."""
 
     id: str
     path: Path
@@ -103,16 +162,33 @@ class SpoolEntry:
     first_attempt: float | None = None
     last_error: str | None = None
     not_before: float = 0.0  # time.monotonic() before which it is not claimed again
-    context: dict[str, Any] = field(default_factory=dict)
+    waiter: DeliveryWaiter | None = None
 
     @property
     def sop_instance_uid(self) -> str:
         return self.meta.sop_instance_uid
 
 
-def new_entry_id() -> str:
-    """Time-ordered and unique: ``<time_ns>-<uuid4hex>`` (sorts as received)."""
-    return f"{time.time_ns():020d}-{uuid.uuid4().hex}"
+def new_entry_id(calling_ae: str | None = None, called_ae: str | None = None) -> str:
+    """Time-ordered and unique: ``<time_ns>-<uuid4hex>`` (sorts as received), then, when
+    known, ``-<calling AE>-<called AE>`` in hex: the origin survives a restart with the file
+    (rules and echo suppression need it) without a second file or a second fsync."""
+    base = f"{time.time_ns():020d}-{uuid.uuid4().hex}"
+    if not (calling_ae or called_ae):
+        return base
+    return f"{base}-{(calling_ae or '').encode().hex()}-{(called_ae or '').encode().hex()}"
+
+
+def origin_of(entry_id: str) -> tuple[str | None, str | None]:
+    """(calling AE, called AE) that :func:`new_entry_id` wrote into an entry id."""
+    parts = entry_id.split("-")
+    if len(parts) != 4:
+        return None, None
+    try:
+        calling, called = (bytes.fromhex(p).decode("ascii") for p in parts[2:])
+    except (ValueError, UnicodeDecodeError):
+        return None, None
+    return calling or None, called or None
 
 
 def received_at(entry_id: str) -> float:
@@ -122,7 +198,9 @@ def received_at(entry_id: str) -> float:
         return time.time()
 
 
-def read_spool_meta(path: Path, calling_ae: str | None = None) -> SpoolMeta:
+def read_spool_meta(
+    path: Path, calling_ae: str | None = None, called_ae: str | None = None
+) -> SpoolMeta:
     """UIDs from a Part-10 file: the meta header and a bounded read that stops before Pixel
     Data and skips every other value. Raises on a file that is not DICOM."""
     ds = dcmread(path, stop_before_pixels=True, specific_tags=_META_TAGS)
@@ -141,6 +219,7 @@ def read_spool_meta(path: Path, calling_ae: str | None = None) -> SpoolMeta:
         series_instance_uid=str(series) if series else None,
         transfer_syntax_uid=str(syntax) if syntax else None,
         calling_ae=calling_ae,
+        called_ae=called_ae,
     )
 
 

@@ -9,8 +9,19 @@ from pydantic import ByteSize, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from adapter.config import AeTitle, ConfigModel, DimseServerConfig, Port
+from adapter.pipeline.rules import RoutingConfig
 
-__all__ = ["ImporterConfig", "MoveDestination", "QueryConfig", "SpoolConfig", "UploadConfig"]
+__all__ = [
+    "STORE_DESTINATION",
+    "ImporterConfig",
+    "MoveDestination",
+    "QueryConfig",
+    "SpoolConfig",
+    "UploadConfig",
+]
+
+#: The destination name of the top-level ``dicomweb`` store, the importer's default route.
+STORE_DESTINATION = "store"
 
 
 class SpoolConfig(ConfigModel):
@@ -22,7 +33,8 @@ class SpoolConfig(ConfigModel):
 
 
 class UploadConfig(ConfigModel):
-    """Background STOW-RS: concurrency, batch bounds, and what a 409 'already exists' means."""
+    """Delivery to the ``store`` destination (the top-level ``dicomweb``) by STOW-RS:
+    concurrency, batch bounds, and what a 409 'already exists' means."""
 
     workers: int = Field(4, ge=1, le=64)
     batch_max_instances: int = Field(20, ge=1, le=1000)
@@ -52,12 +64,18 @@ class ImporterConfig(ConfigModel):
 
     enabled: bool = True
     dimse: DimseServerConfig = DimseServerConfig()
+    #: after-spool: answer once the instance is durable here; after-upload: once every
+    #: destination it is routed to accepted it (or 0xA700 after ``upload_timeout``).
     ack: Literal["after-spool", "after-upload"] = "after-spool"
+    upload_timeout: float = Field(20.0, gt=0, le=3600)
     spool: SpoolConfig = SpoolConfig()
     upload: UploadConfig = UploadConfig()
     dead_letter_path: Path | None = None  # default: <spool.path>/../deadletter
     move_destinations: tuple[MoveDestination, ...] = ()  # C-MOVE destinations by AE title
     query: QueryConfig = QueryConfig()
+    #: Where received instances go: rules over the header and the calling/called AE, naming
+    #: top-level ``destinations`` (or ``store``, the top-level ``dicomweb``, the default).
+    routing: RoutingConfig = RoutingConfig()
 
     @model_validator(mode="after")
     def _receivers(self) -> ImporterConfig:
@@ -76,3 +94,8 @@ class ImporterConfig(ConfigModel):
     @property
     def dead_letter_dir(self) -> Path:
         return self.dead_letter_path or self.spool.path.parent / "deadletter"
+
+    @property
+    def outbox_dir(self) -> Path:
+        """One outbox per destination, beside the spool (hard links need one filesystem)."""
+        return self.spool.path / "outbox"

@@ -10,10 +10,11 @@ from pynetdicom import evt
 from pynetdicom.events import EventType
 from pynetdicom.presentation import PresentationContext
 
+from adapter import metrics
 from adapter.config import CoreConfig
 from adapter.deadletter import DeadLetter, DeadLetterQueue
+from adapter.destinations import DeliveryConfig, DestinationConfig, DicomwebDestination
 from adapter.dicomweb.qido import QidoClient
-from adapter.dicomweb.stow import StowClient
 from adapter.dicomweb.wado import WadoClient
 from adapter.dimse.contexts import (
     query_retrieve_contexts,
@@ -21,16 +22,17 @@ from adapter.dimse.contexts import (
     storage_contexts,
 )
 from adapter.dimse.server import DimseServer, Handler
+from adapter.pipeline.build import build_pipeline, check_routing, outbox_path
+from adapter.pipeline.pipeline import RoutingService
 from adapter.plugin import PluginContext
 from adapter.provenance import ProvenanceLog
 from adapter.service import Service
-from adapter.spool import Spool, adopt_into_spool
+from adapter.spool import Spool, SpoolBudget, adopt_into_spool
 from importer.commitment import StorageCommitmentScp
-from importer.config import ImporterConfig
+from importer.config import STORE_DESTINATION, ImporterConfig
 from importer.find_scp import FindScp
 from importer.retrieve_scp import RetrieveScp
 from importer.store_scp import StoreScp
-from importer.upload import UploadService
 
 
 class _CommitmentReports:
@@ -103,40 +105,79 @@ class ImporterPlugin:
     def check(self, core: CoreConfig, config: ImporterConfig) -> list[str]:
         if core.dicomweb is None:
             return ["dicomweb: required key is missing (the store the importer uploads to)"]
-        return []
+        return check_routing(config.routing, list(self.destinations(core, config)))
+
+    @staticmethod
+    def destinations(core: CoreConfig, config: ImporterConfig) -> dict[str, DestinationConfig]:
+        """The site's destinations plus ``store``: the top-level dicomweb, delivered with the
+        ``importer.upload`` settings (a site destination named ``store`` replaces it)."""
+        found: dict[str, DestinationConfig] = {}
+        if core.dicomweb is not None:
+            web, up = core.dicomweb, config.upload
+            found[STORE_DESTINATION] = DicomwebDestination(
+                url=web.url,
+                auth=web.auth,
+                connect_timeout=web.connect_timeout,
+                read_timeout=web.read_timeout,
+                pool_size=web.pool_size,
+                verify=web.verify,
+                on_conflict=up.on_conflict,
+                delivery=DeliveryConfig(
+                    workers=up.workers,
+                    batch_max_instances=up.batch_max_instances,
+                    batch_max_bytes=up.batch_max_bytes,
+                    # every after-upload sender waits: lingering only adds latency (batches
+                    # still form by themselves while the workers are busy)
+                    batch_linger=0.0 if config.ack == "after-upload" else up.batch_linger,
+                ),
+            )
+        return {**found, **core.destinations}
 
     def build(self, context: PluginContext, config: ImporterConfig) -> Sequence[Service]:
-        """Workers first, listener last: stopped in reverse, the listener closes before the
-        commitment reports and the upload workers drain."""
+        """Delivery first, listener last: stopped in reverse, the listener closes before the
+        commitment reports, the routing and the deliveries drain."""
         core = context.core
         assert core.dicomweb is not None  # check() made sure
-        url = core.dicomweb.url
-        session = context.dicomweb_session(core.dicomweb)
+        budget = SpoolBudget(int(config.spool.max_bytes))
+        dead_letters = self.dead_letters(core, config)
         spool = Spool(
             config.spool.path,
-            max_bytes=int(config.spool.max_bytes),
+            max_bytes=budget.max_bytes,
             min_free_bytes=int(config.spool.min_free_bytes),
-            dead_letters=self.dead_letters(core, config),
+            dead_letters=dead_letters,
+            budget=budget,
         )
-        upload = UploadService(
-            spool,
-            StowClient(session, url),
-            context.retry_policy(),
-            config.upload,
-            owns_spool=True,
-            linger=0.0 if config.ack == "after-upload" else None,
+        provenance = ProvenanceLog(core.state_dir / "provenance.sqlite")
+        built = build_pipeline(
+            self.name,
+            context,
+            routing=config.routing,
+            destinations=self.destinations(core, config),
+            default=[STORE_DESTINATION],
+            outbox_root=config.outbox_dir,
+            work_dir=config.spool.path / "work",
+            budget=budget,
+            dead_letters=dead_letters,
+            min_free_bytes=int(config.spool.min_free_bytes),
+            provenance=provenance,
         )
+        routing = RoutingService(spool, built.pipeline, context.retry_policy())
+        metrics.set_spool_depth_callback(lambda: spool.depth() + built.depth())
+        metrics.set_spool_bytes_callback(lambda: spool.bytes_used)
+        metrics.set_spool_oldest_age_callback(lambda: max(spool.oldest_age(), built.oldest_age()))
+
+        def is_pending(sop_instance_uid: str) -> bool:
+            """Still on its way to the store (storage commitment waits for it)."""
+            return spool.holds(sop_instance_uid) or any(
+                d.outbox.holds(sop_instance_uid) for d in built.deliveries
+            )
+
         if config.dimse.processes > 1:  # receiving child processes own the listener
             from importer.receivers import ReceiverPool
 
-            return [upload, ReceiverPool(context.core, config, spool)]
-        store = StoreScp(
-            spool,
-            ProvenanceLog(core.state_dir / "provenance.sqlite"),
-            ack=config.ack,
-            upload_timeout=config.dimse.dimse_timeout,
-        )
-        handlers, commitment = dimse_handlers(context, config, spool.holds)
+            return [*built.deliveries, routing, ReceiverPool(context.core, config, spool)]
+        store = StoreScp(spool, provenance, ack=config.ack, upload_timeout=config.upload_timeout)
+        handlers, commitment = dimse_handlers(context, config, is_pending)
         server = DimseServer(
             config.dimse,
             [*store.handlers(), *handlers],
@@ -144,16 +185,20 @@ class ImporterPlugin:
             receive_dir=spool.incoming_dir,
             storage_handler=store,
         )
-        return [upload, _CommitmentReports(commitment), server]
+        return [*built.deliveries, routing, _CommitmentReports(commitment), server]
 
     def dead_letters(self, core: CoreConfig, config: ImporterConfig) -> DeadLetterQueue | None:
-        """Dead letters whose retry moves the file back into the spool (picked up by the
-        running importer at its next rescan)."""
+        """Dead letters whose retry moves the file back into the outbox of the destination
+        that refused it (or into the spool, to be routed again); the running importer picks
+        it up at its next rescan."""
         spool_path = config.spool.path
 
         def requeue(entry: DeadLetter, payload: Path | None) -> None:
             if payload is None:
                 raise RuntimeError(f"dead letter {entry.id} has no instance file to retry")
-            adopt_into_spool(spool_path, payload)
+            if entry.destination:
+                adopt_into_spool(outbox_path(config.outbox_dir, entry.destination), payload)
+            else:
+                adopt_into_spool(spool_path, payload)
 
         return DeadLetterQueue(config.dead_letter_dir, self.name, requeue=requeue)

@@ -50,6 +50,7 @@ from adapter.config import CoreConfig, SiteConfig
 from adapter.deadletter import fsync_dir
 from adapter.dimse.server import DimseServer
 from adapter.log import configure_logging
+from adapter.pipeline.waiter import DeliveryWaiter
 from adapter.plugin import PluginContext
 from adapter.provenance import ProvenanceLog
 from adapter.spool import Spool
@@ -145,7 +146,7 @@ class ReceiverSpool:
         return disk_floor_problem(self.path, incoming_bytes, self.min_free_bytes)
 
     def put_file(
-        self, src_tmp_path: Path, meta: SpoolMeta, context: dict[str, Any] | None = None
+        self, src_tmp_path: Path, meta: SpoolMeta, waiter: DeliveryWaiter | None = None
     ) -> SpoolEntry:
         src = Path(src_tmp_path)
         size = src.stat().st_size
@@ -158,7 +159,7 @@ class ReceiverSpool:
                 self._budget[_RESERVED] += size
         if problem is not None:
             raise SpoolFullError(problem)
-        entry_id = new_entry_id()
+        entry_id = new_entry_id(meta.calling_ae, meta.called_ae)
         dst = self.ready_dir / f"{entry_id}{SUFFIX}"
         try:
             move_durably(src, self.incoming_dir, dst)
@@ -170,7 +171,7 @@ class ReceiverSpool:
             else:
                 with self._budget.get_lock():
                     self._budget[_RESERVED] -= size
-        return SpoolEntry(entry_id, dst, size, meta, time.time(), context=dict(context or {}))
+        return SpoolEntry(entry_id, dst, size, meta, time.time(), waiter=waiter)
 
     def discard(self, entry: SpoolEntry) -> None:
         """Only ack after-upload discards, and children never run it."""

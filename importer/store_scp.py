@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import CancelledError, Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -24,11 +22,11 @@ from pynetdicom.events import Event
 from adapter import metrics
 from adapter.dimse.server import Handler, on_c_echo
 from adapter.dimse.storage_acceptor import StoreRequest, StoreResult
+from adapter.pipeline.waiter import DeliveryWaiter, Verdict
 from adapter.provenance import ProvenanceLog
 from adapter.spool import SpoolEntry, SpoolFullError, SpoolMeta
 from adapter.status import Status
 from importer.part10 import InvalidDatasetError, check_part10, is_valid_uid, printable
-from importer.upload import Verdict
 
 __all__ = ["SpoolTarget", "StoreScp"]
 
@@ -48,7 +46,7 @@ class SpoolTarget(Protocol):
     def has_room(self, incoming_bytes: int = 0) -> bool: ...
 
     def put_file(
-        self, src_tmp_path: Path, meta: SpoolMeta, context: dict[str, Any] | None = None
+        self, src_tmp_path: Path, meta: SpoolMeta, waiter: DeliveryWaiter | None = None
     ) -> SpoolEntry: ...
 
     def discard(self, entry: SpoolEntry) -> None: ...
@@ -77,8 +75,10 @@ class StoreScp:
         provenance: ProvenanceLog | None,
         *,
         ack: Literal["after-spool", "after-upload"] = "after-spool",
-        upload_timeout: float = 120.0,
+        upload_timeout: float = 20.0,
     ) -> None:
+        """``upload_timeout``: with ``ack: after-upload``, how long a C-STORE waits for every
+        destination before it is answered 0xA700 (under the sender's own DIMSE timeout)."""
         self.spool = spool
         self.provenance = provenance
         self.ack = ack
@@ -100,6 +100,7 @@ class StoreScp:
             transfer_syntax_uid=str(cx.transfer_syntax[0]) if cx.transfer_syntax else "",
             calling_ae=str(requestor.ae_title).strip(),
             peer=f"{requestor.address}:{requestor.port}",
+            called_ae=str(event.assoc.acceptor.ae_title).strip(),
         )
         result = self.precheck(request) or self.store(request, Path(event.dataset_path))
         return _response(result.status, result.comment)
@@ -171,16 +172,15 @@ class StoreScp:
             series_instance_uid=facts.series_instance_uid,
             transfer_syntax_uid=facts.transfer_syntax_uid,
             calling_ae=calling_ae,
+            called_ae=request.called_ae or None,
         )
-        waiter: Future[Verdict] | None = None
-        context: dict[str, Any] = {}
+        waiter: DeliveryWaiter | None = None
         if self.ack == "after-upload":
-            waiter = Future()
-            context = {"waiter": waiter, "deadline": time.monotonic() + self.upload_timeout}
+            waiter = DeliveryWaiter("delivered", deadline=time.monotonic() + self.upload_timeout)
         if self.provenance is not None:  # first: a failure here refuses, nothing is spooled
             self.provenance.record(sop_instance, calling_ae)
         try:
-            entry = self.spool.put_file(path, meta, context=context)
+            entry = self.spool.put_file(path, meta, waiter=waiter)
         except SpoolFullError as exc:
             raise _RefusedError(
                 Status.REFUSED_OUT_OF_RESOURCES, f"spool full: {exc}", "spool_full"
@@ -188,17 +188,17 @@ class StoreScp:
         metrics.INSTANCES_SPOOLED_TOTAL.inc()
         if waiter is None:
             return Verdict(Status.SUCCESS)
-        try:
-            return waiter.result(timeout=self.upload_timeout)
-        except (FutureTimeout, CancelledError):
-            pass
+        verdict = waiter.wait(timeout=self.upload_timeout)
+        if verdict is not None:
+            return verdict
         if waiter.cancel():  # we answer first: the sender keeps the instance and resends it
             self.spool.discard(entry)
+            cause = waiter.last_error() or "no answer"
             return Verdict(
                 Status.REFUSED_OUT_OF_RESOURCES,
-                f"store did not confirm within {self.upload_timeout:g}s",
+                f"not delivered in {self.upload_timeout:g}s: {cause}",
             )
-        return waiter.result(timeout=0)
+        return waiter.result or Verdict(Status.SUCCESS)
 
     def _full_comment(self, size: int) -> str:
         return (

@@ -77,6 +77,7 @@ class StoreRequest:
     transfer_syntax_uid: str
     calling_ae: str
     peer: str
+    called_ae: str = ""
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,7 @@ class StorageAssociation:
         self.peer = peer
         self.request = request
         self.calling_ae = request.calling_ae
+        self.called_ae = request.called_ae
         self.settings = settings
         self.handler = handler
         self.accepted = {
@@ -327,6 +329,7 @@ class StorageAssociation:
             syntax,
             self.calling_ae,
             self.peer,
+            self.called_ae,
         )
         self._store_request = request
         self._refusal = None

@@ -4,6 +4,8 @@ input and a full spool get precise statuses."""
 
 from __future__ import annotations
 
+import contextlib
+
 import re
 import subprocess
 import sys
@@ -70,7 +72,14 @@ def acknowledged(dcmsend_debug_output: str) -> set[str]:
 
 
 def ready_files(adapter: AdapterProcess) -> list[Path]:
-    return sorted((adapter.workdir / "spool" / "ready").glob("*.dcm"))
+    """Instances held durably: in the spool, or routed into a destination's outbox."""
+    spool = adapter.workdir / "spool"
+    found: dict[tuple[int, int], Path] = {}
+    for path in [*(spool / "ready").glob("*.dcm"), *(spool / "outbox").glob("*/ready/*.dcm")]:
+        with contextlib.suppress(FileNotFoundError):  # a link removed as it was routed
+            st = path.stat()
+            found.setdefault((st.st_dev, st.st_ino), path)  # hard links: one instance
+    return sorted(found.values())
 
 
 def test_kill9_in_the_middle_of_a_send_loses_no_acknowledged_instance(
