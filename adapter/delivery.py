@@ -364,8 +364,9 @@ class DeliveryService:
             reason_class=reason_class,
         )
         if entry.waiter is not None:
+            term = "FailureReason" if self.destination.kind == "dicomweb" else "status"
             code = (
-                f": 0x{outcome.status:04X}"
+                f": {term} 0x{outcome.status:04X}"
                 if outcome.status is not None
                 else f": HTTP {outcome.http_status}"
                 if outcome.http_status is not None

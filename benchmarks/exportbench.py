@@ -56,7 +56,7 @@ _ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 def exporter_available() -> str | None:
     root = Path(__file__).resolve().parent.parent
-    wanted = ("exporter/notification.py", "exporter/subscriber.py", "exporter/sinks.py")
+    wanted = ("exporter/notification.py", "exporter/subscriber.py", "adapter/delivery.py")
     missing = [p for p in wanted if not (root / p).exists()]
     if missing:
         return f"exporter not written yet ({', '.join(missing)} missing)"

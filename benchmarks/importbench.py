@@ -43,7 +43,7 @@ BATCH = 20
 def importer_available() -> str | None:
     """None if the importer plugin builds services, else why it cannot run yet."""
     root = Path(__file__).resolve().parent.parent
-    wanted = ("importer/upload.py", "importer/store_scp.py")
+    wanted = ("adapter/delivery.py", "importer/store_scp.py")
     missing = [p for p in wanted if not (root / p).exists()]
     if missing:
         return f"importer not written yet ({', '.join(missing)} missing)"

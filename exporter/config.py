@@ -5,12 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import ByteSize, Field, model_validator
+from pydantic_core import PydanticCustomError
 
-from adapter.config import AeTitle, AuthConfig, ConfigModel, DicomwebConfig, Port
+from adapter.config import AeTitle, ConfigModel, DicomwebConfig
+from adapter.destinations.config import DicomwebDestination, DimseDestination
+from adapter.pipeline.rules import RoutingConfig
 from exporter.notification import SourceUrlKind
 
 __all__ = [
+    "PEER_DESTINATION",
     "DicomwebDestination",
     "DimseDestination",
     "EchoGuardConfig",
@@ -18,6 +22,10 @@ __all__ = [
     "FilterConfig",
     "PubSubConfig",
 ]
+
+
+#: The destination name of ``exporter.destination`` (the Java adapter's ``--peer_*`` flags).
+PEER_DESTINATION = "peer"
 
 
 class PubSubConfig(ConfigModel):
@@ -29,39 +37,6 @@ class PubSubConfig(ConfigModel):
     max_outstanding_bytes: int = Field(64 * 1024**2, ge=1024)
     max_delivery_attempts: int = Field(10, ge=1)  # then dead letter (local record)
     dead_letter_topic: str | None = None
-
-
-class DimseDestination(ConfigModel):
-    """A PACS reached by C-STORE (PS3.4 Annex B)."""
-
-    kind: Literal["dimse"] = "dimse"
-    ae_title: AeTitle
-    host: str
-    port: Port
-    calling_ae_title: AeTitle = "EXPORTADAPTER"
-    pool_size: int = Field(4, ge=1, le=64)  # associations kept open to this PACS
-    acse_timeout: float = Field(30.0, gt=0)
-    dimse_timeout: float = Field(120.0, gt=0)
-    network_timeout: float = Field(120.0, gt=0)
-    idle_timeout: float = Field(20.0, gt=0)  # release a kept-open association idle this long
-
-
-class DicomwebDestination(ConfigModel):
-    """Another DICOMweb store reached by STOW-RS (PS3.18 10.5)."""
-
-    kind: Literal["dicomweb"] = "dicomweb"
-    url: str
-    auth: AuthConfig = AuthConfig()
-    connect_timeout: float = Field(10.0, gt=0)
-    read_timeout: float = Field(300.0, gt=0)
-
-    def as_dicomweb(self) -> DicomwebConfig:
-        return DicomwebConfig(
-            url=self.url,
-            auth=self.auth,
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-        )
 
 
 class FilterConfig(ConfigModel):
@@ -98,7 +73,14 @@ class ExporterConfig(ConfigModel):
     enabled: bool = True
     pubsub: PubSubConfig
     source: DicomwebConfig | None = None  # default: the top-level dicomweb
-    destination: Annotated[DimseDestination | DicomwebDestination, Field(discriminator="kind")]
+    #: The one destination of a plain export (named ``peer`` in rules and metrics); with
+    #: ``routing``, rules may also name the site's ``destinations``.
+    destination: (
+        Annotated[DimseDestination | DicomwebDestination, Field(discriminator="kind")] | None
+    ) = None
+    routing: RoutingConfig = RoutingConfig()
+    #: Disk the outboxes may take (instances waiting for a destination that is down).
+    outbox_max_bytes: ByteSize = ByteSize(10 * 1024**3)
     # How source (or dicomweb) url relates to notification paths: see exporter.notification.
     source_url_kind: SourceUrlKind = "auto"
     filters: FilterConfig = FilterConfig()
@@ -107,3 +89,17 @@ class ExporterConfig(ConfigModel):
     #: Messages handled at once (each: WADO-RS fetch, then C-STORE on a pooled association);
     #: more than destination.pool_size so that fetches overlap the stores.
     workers: int = Field(16, ge=1, le=128)
+
+    @model_validator(mode="after")
+    def _somewhere_to_go(self) -> ExporterConfig:
+        if self.destination is None and not self.routing.destination_names():
+            raise PydanticCustomError(
+                "destination",
+                "exporter needs a destination (or routing rules naming destinations)",
+            )
+        return self
+
+    @property
+    def outbox_dir(self) -> Path:
+        """One outbox per destination (beside tmp/: hard links need one filesystem)."""
+        return self.state_dir / "outbox"

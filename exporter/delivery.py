@@ -1,9 +1,12 @@
-"""What happens to one notification: parse, filter, echo guard, WADO-RS fetch, deliver, then
-ack, nack later (transient) or dead-letter and ack (permanent, malformed, out of attempts).
+"""What happens to one notification: parse, filter, echo guard, WADO-RS fetch, then the
+pipeline (rules, one durable outbox per destination), then ack; nack later when the fetch
+fails transiently; dead-letter and ack when it fails for good (malformed, not in the store).
 
-Acked only once the destination answered Success or Warning, so delivery is at-least-once;
-a re-delivered instance is harmless (same SOP Instance UID). Kept apart from the Pub/Sub
-plumbing so it can be driven by any object with the Message interface below.
+Acked once every destination the rules chose delivered the instance, rejected it (a dead
+letter of that destination), or holds it durably in its outbox because it is down: one
+destination down for an hour neither blocks the others nor loses anything. Delivery is
+at-least-once; a re-delivered instance is harmless (same SOP Instance UID). Kept apart from
+the Pub/Sub plumbing so it can be driven by any object with the Message interface below.
 """
 
 from __future__ import annotations
@@ -27,7 +30,11 @@ from adapter.deadletter import DeadLetterQueue
 from adapter.dicomweb.wado import WadoClient
 from adapter.errors import AdapterError, PermanentError
 from adapter.part10_scan import read_file_meta
+from adapter.pipeline.instance import Instance, Origin
+from adapter.pipeline.pipeline import Pipeline
+from adapter.pipeline.waiter import DeliveryWaiter
 from adapter.retry import RetryPolicy
+from adapter.spool_files import SpoolMeta
 from exporter.echo_guard import EchoGuard
 from exporter.filters import NotificationFilter
 from exporter.notification import (
@@ -37,7 +44,6 @@ from exporter.notification import (
     parse_notification,
     resolve_dicomweb_root,
 )
-from exporter.sinks import Sink
 
 __all__ = ["DelayedNacks", "MessageHandler", "PubSubMessage"]
 
@@ -141,7 +147,7 @@ class MessageHandler:
         source_url: str,
         source_url_kind: SourceUrlKind,
         wado_client: Callable[[str], WadoClient],
-        sink: Sink,
+        pipeline: Pipeline,
         notification_filter: NotificationFilter,
         echo_guard: EchoGuard,
         dead_letters: DeadLetterQueue,
@@ -151,10 +157,14 @@ class MessageHandler:
         nacks: DelayedNacks,
         publish_dead_letter: DeadLetterPublisher | None = None,
         stop_event: threading.Event | None = None,
+        settle_timeout: float = 60.0,
     ) -> None:
+        """``settle_timeout``: the longest a message waits for its destinations' first answer
+        before it is acked anyway (the instance is durable in their outboxes by then)."""
         self.source_url, self.source_url_kind = source_url, source_url_kind
         self._wado_client = wado_client
-        self.sink = sink
+        self.pipeline = pipeline
+        self.settle_timeout = settle_timeout
         self.filter = notification_filter
         self.echo_guard = echo_guard
         self.dead_letters = dead_letters
@@ -205,31 +215,34 @@ class MessageHandler:
             self._wado_client(root).retrieve_instance(
                 note.study_instance_uid, note.series_instance_uid, uid, path
             )
-            sop_class = _checked_sop_class(path, uid)
+            meta = _checked_meta(path, note)
             if self.filter.needs_header:
                 header = dcmread(path, stop_before_pixels=True)
                 reason = self.filter.skip_reason_for_header(note, header)
                 if reason is not None:
                     self._skip(message, note, "filtered", reason)
                     return
-            try:
-                outcome = self.sink.deliver(path, sop_class, uid)
-            except PermanentError as exc:
-                self._delivery_metric("permanent_error")
-                self._dead_letter(message, note, exc, attempt, "permanent", payload=path)
+            waiter = DeliveryWaiter("settled")
+            decision = self.pipeline.submit(
+                Instance(path, meta, Origin("pubsub")), waiter=waiter, durable=False
+            )
+            if not decision.routes:
+                if decision.echoes:
+                    why = f"received from {', '.join(decision.echoes)}, the destination"
+                    self._skip(message, note, "echo", why)
+                else:
+                    self._skip(message, note, "filtered", decision.dropped or "no destination")
                 return
-            except Exception:
-                self._delivery_metric("transient_error")
-                raise
-            self._delivery_metric(outcome)
-            metrics.EXPORT_LATENCY_SECONDS.labels(destination=self.sink.name).observe(
+            verdict = waiter.wait(self.settle_timeout)
+            label = ",".join(decision.destinations)
+            metrics.EXPORT_LATENCY_SECONDS.labels(destination=label).observe(
                 time.monotonic() - started
             )
             log.info(
                 "exported %s to %s (%s)",
                 uid,
-                self.sink.name,
-                outcome,
+                label,
+                "accepted" if verdict is not None and verdict.ok else "queued or dead-lettered",
                 extra={"sop_instance_uid": uid},
             )
             self._ack(message)
@@ -277,9 +290,6 @@ class MessageHandler:
         self._attempts.forget(message.message_id)
         metrics.EXPORT_MESSAGES_ACKED_TOTAL.inc()
 
-    def _delivery_metric(self, outcome: str) -> None:
-        metrics.EXPORT_DELIVERIES_TOTAL.labels(destination=self.sink.name, outcome=outcome).inc()
-
     def _dead_letter(
         self,
         message: PubSubMessage,
@@ -294,7 +304,6 @@ class MessageHandler:
         reason = f"{prefix}{exc}"[:2000]
         extra: dict[str, Any] = {
             "message_id": message.message_id,
-            "destination": self.sink.name,
             "attributes": dict(message.attributes),
         }
         if note is None:
@@ -329,9 +338,10 @@ class MessageHandler:
         self._attempts.forget(message.message_id)
 
 
-def _checked_sop_class(path: Path, uid: str) -> str:
-    """The SOP Class UID of the retrieved file (its File Meta Information, PS3.10 7.1), after
-    checking that the store returned the instance that was asked for."""
+def _checked_meta(path: Path, note: Notification) -> SpoolMeta:
+    """The UIDs of the retrieved file (its File Meta Information, PS3.10 7.1), after checking
+    that the store returned the instance that was asked for."""
+    uid = note.sop_instance_uid
     try:
         meta = read_file_meta(path)
     except ValueError as exc:
@@ -341,4 +351,10 @@ def _checked_sop_class(path: Path, uid: str) -> str:
         raise PermanentError(
             f"WADO-RS for {uid} returned instance {instance!r} of SOP class {sop_class!r}"
         )
-    return sop_class
+    return SpoolMeta(
+        sop_class_uid=sop_class,
+        sop_instance_uid=uid,
+        study_instance_uid=note.study_instance_uid,
+        series_instance_uid=note.series_instance_uid,
+        transfer_syntax_uid=meta.transfer_syntax_uid,
+    )

@@ -6,24 +6,28 @@ import shutil
 import threading
 from collections.abc import Sequence
 from functools import cache
+from pathlib import Path
 from typing import ClassVar
 
 from adapter.config import CoreConfig
-from adapter.deadletter import DeadLetterQueue
+from adapter.deadletter import DeadLetter, DeadLetterQueue
+from adapter.destinations import DestinationConfig, DimseDestination
 from adapter.dicomweb.wado import WadoClient
+from adapter.pipeline.build import BuiltPipeline, build_pipeline, check_routing, outbox_path
 from adapter.plugin import PluginContext
 from adapter.provenance import ProvenanceLog
 from adapter.service import Service
-from exporter.config import DimseDestination, ExporterConfig
+from adapter.spool import SpoolBudget, adopt_into_spool
+from exporter.config import PEER_DESTINATION, ExporterConfig
 from exporter.delivery import DelayedNacks, MessageHandler
 from exporter.echo_guard import EchoGuard
 from exporter.filters import NotificationFilter
-from exporter.sinks import build_sink
 from exporter.subscriber import SubscriberService, dead_letter_publisher, requeue_publisher
 
 
 class ExporterPlugin:
-    """DICOMweb -> PACS: Pub/Sub notifications, WADO-RS fetch, C-STORE or STOW-RS delivery."""
+    """DICOMweb -> PACS: Pub/Sub notifications, WADO-RS fetch, then the routing pipeline into
+    one outbox per destination (C-STORE, STOW-RS, GCS, folder)."""
 
     name: ClassVar[str] = "exporter"
     config_model: ClassVar[type[ExporterConfig]] = ExporterConfig
@@ -31,30 +35,55 @@ class ExporterPlugin:
     def check(self, core: CoreConfig, config: ExporterConfig) -> list[str]:
         if config.source is None and core.dicomweb is None:
             return ["source: required (or a top-level dicomweb) to fetch instances from"]
-        return []
+        problems = check_routing(config.routing, list(self.destinations(core, config)))
+        if config.destination is None and config.routing.default is None:
+            problems.append(
+                "routing.default: required when there is no exporter.destination "
+                "(destination names, or drop)"
+            )
+        return problems
+
+    @staticmethod
+    def destinations(core: CoreConfig, config: ExporterConfig) -> dict[str, DestinationConfig]:
+        """The site's destinations plus ``peer``, the exporter's own ``destination``."""
+        found: dict[str, DestinationConfig] = {}
+        if config.destination is not None:
+            found[PEER_DESTINATION] = config.destination
+        return {**found, **core.destinations}
 
     def build(self, context: PluginContext, config: ExporterConfig) -> Sequence[Service]:
         source = config.source or context.core.dicomweb
         if source is None:  # pragma: no cover - check() refuses this config
             raise ValueError("exporter: no source DICOMweb store")
         session = context.dicomweb_session(source)
-        destination = config.destination
-        sink = build_sink(
-            destination,
-            None
-            if isinstance(destination, DimseDestination)
-            else context.dicomweb_session(destination.as_dicomweb()),
-        )
-        aets = list(config.echo_guard.source_aets)
-        if isinstance(destination, DimseDestination):
-            aets.insert(0, destination.ae_title)
+        destinations = self.destinations(context.core, config)
+        peer = destinations.get(PEER_DESTINATION)
+        if isinstance(peer, DimseDestination):  # the PACS often calls from another AE title
+            destinations[PEER_DESTINATION] = peer.model_copy(
+                update={"echo_aets": (*peer.echo_aets, *config.echo_guard.source_aets)}
+            )
         provenance = (
             ProvenanceLog(context.core.state_dir / "provenance.sqlite")
-            if config.echo_guard.enabled and aets
+            if config.echo_guard.enabled
             else None
         )
         tmp_dir = config.state_dir / "tmp"
         shutil.rmtree(tmp_dir, ignore_errors=True)  # partial downloads of an earlier run
+        dead_letters = self.dead_letters(context.core, config)
+        built = build_pipeline(
+            self.name,
+            context,
+            routing=config.routing,
+            destinations=destinations,
+            default=[PEER_DESTINATION] if config.destination is not None else [],
+            outbox_root=config.outbox_dir,
+            work_dir=config.state_dir / "work",
+            budget=SpoolBudget(int(config.outbox_max_bytes)),
+            dead_letters=dead_letters,
+            provenance=provenance,
+        )
+        if not config.echo_guard.enabled:
+            built.pipeline.router.echo_aets = {}
         stop = threading.Event()
         nacks = DelayedNacks()
         pubsub = config.pubsub
@@ -62,10 +91,10 @@ class ExporterPlugin:
             source_url=source.url,
             source_url_kind=config.source_url_kind,
             wado_client=cache(lambda root: WadoClient(session, root)),
-            sink=sink,
+            pipeline=built.pipeline,
             notification_filter=NotificationFilter(config.filters),
-            echo_guard=EchoGuard(provenance, aets),
-            dead_letters=self.dead_letters(context.core, config),
+            echo_guard=_prefetch_echo_guard(built, provenance),
+            dead_letters=dead_letters,
             retry_policy=context.retry_policy(),
             max_delivery_attempts=pubsub.max_delivery_attempts,
             tmp_dir=tmp_dir,
@@ -77,20 +106,32 @@ class ExporterPlugin:
             ),
             stop_event=stop,
         )
-        return [
-            SubscriberService(
-                pubsub,
-                handler,
-                workers=config.workers,
-                nacks=nacks,
-                on_stop=sink.close,
-                stop_event=stop,
-            )
-        ]
+        subscriber = SubscriberService(
+            pubsub, handler, workers=config.workers, nacks=nacks, stop_event=stop
+        )
+        return [*built.deliveries, subscriber]
 
     def dead_letters(self, core: CoreConfig, config: ExporterConfig) -> DeadLetterQueue:
-        """Local dead letters; retrying one publishes its notification again (see
-        :func:`exporter.subscriber.requeue_publisher`)."""
-        return DeadLetterQueue(
-            config.state_dir / "deadletter", self.name, requeue=requeue_publisher(config.pubsub)
-        )
+        """Local dead letters. Retrying one a destination refused puts the instance back into
+        that destination's outbox; one without an instance publishes its notification again
+        (see :func:`exporter.subscriber.requeue_publisher`)."""
+        republish = requeue_publisher(config.pubsub)
+
+        def requeue(entry: DeadLetter, payload: Path | None) -> None:
+            if entry.destination and payload is not None:
+                adopt_into_spool(outbox_path(config.outbox_dir, entry.destination), payload)
+            else:
+                republish(entry, payload)
+
+        return DeadLetterQueue(config.state_dir / "deadletter", self.name, requeue=requeue)
+
+
+def _prefetch_echo_guard(built: BuiltPipeline, provenance: ProvenanceLog | None) -> EchoGuard:
+    """Skips the WADO-RS fetch of an instance every destination would refuse as an echo:
+    decidable before the fetch when the only destination is a PACS (the router decides the
+    rest after the fetch, per destination)."""
+    echo_aets = built.pipeline.router.echo_aets
+    if provenance is not None and len(built.deliveries) == 1 and len(echo_aets) == 1:
+        (aets,) = echo_aets.values()
+        return EchoGuard(provenance, sorted(aets))
+    return EchoGuard(None, ())

@@ -186,7 +186,9 @@ def test_notified_instances_arrive_at_second_orthanc_as_pacs_and_a_duplicate_is_
     for path in paths:
         notify(pubsub_emulator, exporter.topic, path)
     pacs.wait_for_instance_count(len(paths), timeout=20)
-    delivered = metrics.EXPORT_DELIVERIES_TOTAL.labels(destination="dimse:PACS", outcome="success")
+    delivered = metrics.DELIVERIES_TOTAL.labels(
+        plugin="exporter", destination="peer", outcome="delivered"
+    )
     before = delivered._value.get()
     notify(pubsub_emulator, exporter.topic, paths[0])  # at-least-once: a duplicate is harmless
     wait_until(lambda: delivered._value.get() > before, 10, what="the duplicate delivered")
@@ -199,26 +201,34 @@ def test_notified_instances_arrive_at_second_orthanc_as_pacs_and_a_duplicate_is_
         assert got.PixelData == sent.PixelData
 
 
-def test_pacs_down_then_up_instance_delivered_after_redelivery(
+def test_pacs_down_then_up_instances_wait_in_the_outbox_and_arrive(
     start_exporter: Callable[..., Exporter],
     tmp_path: Path,
     orthanc: OrthancPeer,
     pubsub_emulator: PubSubEmulator,
     sample_files: SampleSet,
 ) -> None:
+    """The messages are acked once the instances are durable in the PACS's outbox (so a
+    down PACS holds no Pub/Sub lease); the outbox retries until the PACS is back."""
     pacs = StoreScpPeer(tmp_path / "down-up", extra_args=["--fork"]).start()
     pacs.stop()  # same port later: the PACS is down while the notifications arrive
     paths = list(sample_files.ct_series)
     for path in paths:
         orthanc.upload_file(path)
     exporter = start_exporter(dimse(pacs))
-    nacked = metrics.EXPORT_MESSAGES_NACKED_TOTAL._value.get()
+    failed = metrics.DELIVERIES_TOTAL.labels(
+        plugin="exporter", destination="peer", outcome="transient_error"
+    )
+    before, acked = failed._value.get(), metrics.EXPORT_MESSAGES_ACKED_TOTAL._value.get()
     for path in paths:
         notify(pubsub_emulator, exporter.topic, path)
     wait_until(
-        lambda: metrics.EXPORT_MESSAGES_NACKED_TOTAL._value.get() >= nacked + 2 * len(paths),
+        lambda: (
+            failed._value.get() >= before + 2 * len(paths)
+            and metrics.EXPORT_MESSAGES_ACKED_TOTAL._value.get() >= acked + len(paths)
+        ),
         timeout=20,
-        what="failed attempts while the PACS is down",
+        what="failed attempts while the PACS is down, every message acked",
     )
     pacs.start()
     try:

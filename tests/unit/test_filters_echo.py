@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,16 +13,23 @@ import pydicom
 import pytest
 
 from adapter.deadletter import DeadLetterQueue
+from adapter.delivery import DeliveryService
+from adapter.destinations.base import DeliveryOutcome
 from adapter.errors import PermanentError, TransientError
+from adapter.pipeline.instance import Instance
+from adapter.pipeline.pipeline import Pipeline
+from adapter.pipeline.router import Router
+from adapter.pipeline.rules import RoutingConfig
 from adapter.provenance import ProvenanceLog
 from adapter.retry import RetryPolicy
+from adapter.spool import Spool
 from exporter.config import FilterConfig
 from exporter.delivery import DelayedNacks, MessageHandler
 from exporter.echo_guard import EchoGuard
 from exporter.filters import NotificationFilter
 from exporter.notification import parse_notification
-from exporter.sinks import DeliveryOutcome
 from tests.peers.datasets import make_ct_series
+from tests.peers.wait import wait_until
 
 STORE = "projects/p/locations/l/datasets/d/dicomStores/s1"
 
@@ -139,16 +146,20 @@ class FakeWado:
 
 
 class FakeSink:
-    name = "dimse:PACS"
+    """A destination (the PACS) that records what it got or fails as told."""
+
+    name, kind, max_batch = "peer", "dimse", 1
 
     def __init__(self, error: Exception | None = None) -> None:
         self.error, self.delivered = error, []  # type: ignore[var-annotated]
+        self.attempts = 0
 
-    def deliver(self, path: Path, sop_class_uid: str, sop_instance_uid: str) -> DeliveryOutcome:
+    def deliver(self, instances: Sequence[Instance]) -> list[DeliveryOutcome]:
+        self.attempts += 1
         if self.error is not None:
             raise self.error
-        self.delivered.append((sop_instance_uid, path.read_bytes()))
-        return "success"
+        self.delivered += [(i.sop_instance_uid, i.path.read_bytes()) for i in instances]
+        return [DeliveryOutcome.delivered() for _ in instances]
 
     def close(self) -> None:
         pass
@@ -163,6 +174,7 @@ class Rig:
     dead_letters: DeadLetterQueue
     instance: Path
     provenance: ProvenanceLog
+    delivery: DeliveryService
 
     def message(self, **kwargs: Any) -> FakeMessage:
         ds = pydicom.dcmread(self.instance, stop_before_pixels=True)
@@ -174,17 +186,23 @@ class Rig:
 
 
 @pytest.fixture
-def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Rig:
+def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rig]:
     wado_error, sink_error = getattr(request, "param", (None, None))
     [instance] = make_ct_series(tmp_path / "src", 1, rows=8, cols=8)
     wado, sink, nacks = FakeWado(instance, wado_error), FakeSink(sink_error), FakeNacks()
     provenance = ProvenanceLog(tmp_path / "provenance.sqlite")
     dead = DeadLetterQueue(tmp_path / "deadletter", "exporter")
+    outbox = Spool(tmp_path / "outbox" / "peer", max_bytes=10**9, dead_letters=dead)
+    policy = RetryPolicy(max_attempts=3, initial_delay=0.05, max_delay=0.1, jitter=False)
+    delivery = DeliveryService("exporter", outbox, sink, policy, workers=1, linger=0.0)
+    router = Router(RoutingConfig(), ["peer"], {"peer": frozenset({"PACS"})}, provenance)
+    pipeline = Pipeline("exporter", router, {"peer": delivery}, tmp_path / "work")
+    delivery.start()
     handler = MessageHandler(
         source_url="http://store/dicom-web",
         source_url_kind="auto",
         wado_client=lambda root: wado,  # type: ignore[arg-type,return-value]
-        sink=sink,
+        pipeline=pipeline,
         notification_filter=NotificationFilter(FilterConfig()),
         echo_guard=EchoGuard(provenance, ["PACS"]),
         dead_letters=dead,
@@ -193,8 +211,10 @@ def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Rig:
         tmp_dir=tmp_path / "tmp",
         nacks=nacks,
         stop_event=threading.Event(),
+        settle_timeout=10.0,
     )
-    return Rig(handler, wado, sink, nacks, dead, instance, provenance)
+    yield Rig(handler, wado, sink, nacks, dead, instance, provenance, delivery)
+    delivery.stop(5)
 
 
 def test_delivered_instance_is_acked_and_its_temporary_file_removed(rig: Rig) -> None:
@@ -205,10 +225,8 @@ def test_delivered_instance_is_acked_and_its_temporary_file_removed(rig: Rig) ->
     assert list((rig.handler.tmp_dir).iterdir()) == []
 
 
-@pytest.mark.parametrize(
-    "rig", [(TransientError("503"), None), (None, TransientError("A700"))], indirect=True
-)
-def test_transient_failure_is_nacked_later_with_growing_backoff(rig: Rig) -> None:
+@pytest.mark.parametrize("rig", [(TransientError("503"), None)], indirect=True)
+def test_transient_fetch_failure_is_nacked_later_with_growing_backoff(rig: Rig) -> None:
     message = rig.message()
     rig.handler(message)
     rig.handler(message)  # redelivered
@@ -218,13 +236,33 @@ def test_transient_failure_is_nacked_later_with_growing_backoff(rig: Rig) -> Non
 
 
 @pytest.mark.parametrize("rig", [(None, TransientError("PACS down"))], indirect=True)
-def test_out_of_attempts_is_dead_lettered_and_acked(rig: Rig) -> None:
+def test_pacs_down_is_acked_once_held_in_its_outbox(rig: Rig) -> None:
+    message = rig.message()
+    rig.handler(message)
+    assert (message.acked, len(rig.nacks.scheduled)) == (1, 0)
+    assert rig.delivery.outbox.depth() == 1 or rig.dead_letters.entries()
+    assert rig.delivery.failing == "PACS down"
+
+
+@pytest.mark.parametrize("rig", [(TransientError("503"), None)], indirect=True)
+def test_fetch_out_of_attempts_is_dead_lettered_and_acked(rig: Rig) -> None:
     message = rig.message(delivery_attempt=3)  # Pub/Sub's count wins over the local one
     rig.handler(message)
     assert (message.acked, len(rig.nacks.scheduled)) == (1, 0)
     [entry] = rig.dead_letters.entries()
-    assert entry.reason.startswith("gave up after 3 attempts: PACS down")
+    assert entry.reason.startswith("gave up after 3 attempts: 503")
     assert entry.attempts == 3
+
+
+@pytest.mark.parametrize("rig", [(None, TransientError("PACS down"))], indirect=True)
+def test_outbox_out_of_attempts_is_dead_lettered_with_the_instance(rig: Rig) -> None:
+    message = rig.message()
+    rig.handler(message)
+    wait_until(lambda: rig.dead_letters.entries(), 10, what="the outbox gave up")
+    [entry] = rig.dead_letters.entries()
+    assert entry.reason.startswith("gave up after 3 attempts: PACS down")
+    assert (entry.attempts, entry.destination, entry.has_payload) == (3, "peer", True)
+    assert rig.sink.attempts == 3 and rig.delivery.outbox.depth() == 0
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
-"""The upload workers against a loopback STOW-RS stub: batching, per-instance outcomes, retries
-with backoff, splitting a rejected batch, 409 policies, after-upload verdicts, shutdown."""
+"""The STOW-RS destination's delivery workers against a loopback STOW-RS stub: batching,
+per-instance outcomes, retries with backoff, splitting a rejected batch, 409 policies,
+after-upload verdicts, shutdown."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,13 +19,14 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from adapter import cli
 from adapter.deadletter import DeadLetterQueue
+from adapter.delivery import DeliveryService
+from adapter.destinations.dicomweb import StowDestination
 from adapter.dicomweb.session import SessionSettings, build_session
 from adapter.dicomweb.stow import StowClient
+from adapter.pipeline.waiter import DeliveryWaiter, Verdict
 from adapter.retry import RetryPolicy
 from adapter.spool import Spool, SpoolEntry, SpoolMeta
 from adapter.status import Status
-from importer.config import UploadConfig
-from importer.upload import UploadService, Verdict
 from tests.peers.http_stub import HttpStub, RecordedRequest, StubResponse
 from tests.peers.wait import wait_until
 
@@ -89,7 +90,7 @@ def write_instance(path: Path, uid: str) -> None:
 
 
 def spool_instances(
-    spool: Spool, tmp_path: Path, n: int, context: Callable[[], dict[str, Any]] | None = None
+    spool: Spool, tmp_path: Path, n: int, waiter: Callable[[], DeliveryWaiter] | None = None
 ) -> list[SpoolEntry]:
     entries = []
     for _ in range(n):
@@ -97,7 +98,7 @@ def spool_instances(
         src = tmp_path / f"rx-{uid}"
         write_instance(src, uid)
         meta = SpoolMeta(CT, uid, STUDY, SERIES, calling_ae="MODALITY")
-        entries.append(spool.put_file(src, meta, context=context() if context else None))
+        entries.append(spool.put_file(src, meta, waiter=waiter() if waiter else None))
     return entries
 
 
@@ -109,20 +110,18 @@ def make_service(
     workers: int = 1,
     batch: int = 20,
     on_conflict: Literal["done", "overwrite"] = "done",
-) -> UploadService:
+) -> DeliveryService:
     stow = StowClient(build_session(SessionSettings(stub.url, read_timeout=10)), stub.url)
     policy = RetryPolicy(max_attempts=attempts, initial_delay=0.05, max_delay=0.2, jitter=False)
-    config = UploadConfig(
-        workers=workers, batch_max_instances=batch, batch_linger=0.0, on_conflict=on_conflict
-    )
-    return UploadService(spool, stow, policy, config)
+    destination = StowDestination("store", stow, max_batch=batch, on_conflict=on_conflict)
+    return DeliveryService("importer", spool, destination, policy, workers=workers, linger=0.0)
 
 
 @pytest.fixture
-def running(stub: HttpStub, spool: Spool) -> Iterator[Callable[..., UploadService]]:
-    started: list[UploadService] = []
+def running(stub: HttpStub, spool: Spool) -> Iterator[Callable[..., DeliveryService]]:
+    started: list[DeliveryService] = []
 
-    def start(**kwargs: Any) -> UploadService:
+    def start(**kwargs: Any) -> DeliveryService:
         service = make_service(stub, spool, **kwargs)
         service.start()
         started.append(service)
@@ -138,7 +137,7 @@ def drained(spool: Spool) -> bool:
 
 
 def test_one_stow_request_per_batch_and_stored_instances_leave_the_spool(
-    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., UploadService]
+    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., DeliveryService]
 ) -> None:
     entries = spool_instances(spool, tmp_path, 5)
     stub.handler = lambda r: StubResponse.json(200, stow_answer(uids_in(r)))
@@ -151,7 +150,7 @@ def test_one_stow_request_per_batch_and_stored_instances_leave_the_spool(
 
 
 def test_a_worker_wakes_at_once_when_an_instance_arrives(
-    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., UploadService]
+    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., DeliveryService]
 ) -> None:
     stub.handler = lambda r: StubResponse.json(200, stow_answer(uids_in(r)))
     running()
@@ -166,7 +165,7 @@ def test_partial_202_stores_the_others_and_dead_letters_the_rejected_one(
     stub: HttpStub,
     spool: Spool,
     tmp_path: Path,
-    running: Callable[..., UploadService],
+    running: Callable[..., DeliveryService],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     entries = spool_instances(spool, tmp_path, 3)
@@ -200,7 +199,7 @@ def test_partial_202_stores_the_others_and_dead_letters_the_rejected_one(
 
 
 def test_a_transient_failure_retries_the_batch_with_backoff_until_stored(
-    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., UploadService]
+    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., DeliveryService]
 ) -> None:
     spool_instances(spool, tmp_path, 2)
     stub.enqueue(StubResponse(503), StubResponse(503))
@@ -213,7 +212,7 @@ def test_a_transient_failure_retries_the_batch_with_backoff_until_stored(
 
 
 def test_gives_up_after_max_attempts_and_dead_letters_with_the_last_error(
-    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., UploadService]
+    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., DeliveryService]
 ) -> None:
     [entry] = spool_instances(spool, tmp_path, 1)
     stub.default = StubResponse(503, {"Content-Type": "text/plain"}, b"overloaded")
@@ -228,7 +227,7 @@ def test_gives_up_after_max_attempts_and_dead_letters_with_the_last_error(
 
 
 def test_a_whole_batch_rejection_is_split_to_dead_letter_only_the_bad_instance(
-    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., UploadService]
+    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., DeliveryService]
 ) -> None:
     entries = spool_instances(spool, tmp_path, 4)
     bad = entries[2].sop_instance_uid
@@ -249,7 +248,7 @@ def test_a_whole_batch_rejection_is_split_to_dead_letter_only_the_bad_instance(
 
 
 def test_an_instance_already_in_the_store_counts_as_delivered_by_default(
-    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., UploadService]
+    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., DeliveryService]
 ) -> None:
     [entry] = spool_instances(spool, tmp_path, 1)
     stub.handler = lambda r: StubResponse.json(
@@ -262,7 +261,7 @@ def test_an_instance_already_in_the_store_counts_as_delivered_by_default(
 
 
 def test_overwrite_policy_deletes_the_stored_copy_then_stores_again(
-    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., UploadService]
+    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., DeliveryService]
 ) -> None:
     [entry] = spool_instances(spool, tmp_path, 1)
     uid = entry.sop_instance_uid
@@ -275,12 +274,14 @@ def test_overwrite_policy_deletes_the_stored_copy_then_stores_again(
 
 
 def test_after_upload_waiters_get_the_status_the_sender_should_see(
-    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., UploadService]
+    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., DeliveryService]
 ) -> None:
-    def waiter() -> dict[str, Any]:
-        return {"waiter": Future(), "deadline": time.monotonic() + 30}
+    def waiter() -> DeliveryWaiter:
+        w = DeliveryWaiter("delivered", deadline=time.monotonic() + 30)
+        w.expect(["store"])
+        return w
 
-    good, bad = spool_instances(spool, tmp_path, 2, context=waiter)
+    good, bad = spool_instances(spool, tmp_path, 2, waiter=waiter)
     stub.handler = lambda r: StubResponse.json(
         202,
         stow_answer(
@@ -288,22 +289,27 @@ def test_after_upload_waiters_get_the_status_the_sender_should_see(
         ),
     )
     running()
-    assert good.context["waiter"].result(10) == Verdict(Status.SUCCESS)
-    verdict = bad.context["waiter"].result(10)
-    assert verdict.status == Status.CANNOT_UNDERSTAND
+    assert good.waiter is not None and bad.waiter is not None
+    assert good.waiter.wait(10) == Verdict(Status.SUCCESS)
+    verdict = bad.waiter.wait(10)
+    assert verdict is not None and verdict.status == Status.CANNOT_UNDERSTAND
     assert verdict.comment == "store rejected it: FailureReason 0xC000"
 
 
 def test_after_upload_with_the_store_down_answers_out_of_resources_and_drops_the_copy(
-    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., UploadService]
+    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., DeliveryService]
 ) -> None:
-    [entry] = spool_instances(
-        spool, tmp_path, 1, context=lambda: {"waiter": Future(), "deadline": time.monotonic() + 30}
-    )
+    def waiter() -> DeliveryWaiter:
+        w = DeliveryWaiter("delivered", deadline=time.monotonic() + 30)
+        w.expect(["store"])
+        return w
+
+    [entry] = spool_instances(spool, tmp_path, 1, waiter=waiter)
     stub.default = StubResponse(503)
     running(attempts=2)
-    verdict = entry.context["waiter"].result(10)
-    assert verdict.status == Status.REFUSED_OUT_OF_RESOURCES
+    assert entry.waiter is not None
+    verdict = entry.waiter.wait(10)
+    assert verdict is not None and verdict.status == Status.REFUSED_OUT_OF_RESOURCES
     assert verdict.comment is not None and verdict.comment.startswith("store unavailable")
     assert drained(spool)  # the sender still has it and will send it again
     assert spool.dead_letters is not None and spool.dead_letters.entries() == []
@@ -347,7 +353,7 @@ def test_workers_resume_everything_the_spool_held_at_start(stub: HttpStub, tmp_p
 
 
 def test_concurrent_workers_upload_in_parallel(
-    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., UploadService]
+    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., DeliveryService]
 ) -> None:
     in_flight = 0
     peak = 0
@@ -371,7 +377,7 @@ def test_concurrent_workers_upload_in_parallel(
 
 
 def test_a_store_refusing_the_adapter_itself_is_retried_not_dead_lettered(
-    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., UploadService]
+    stub: HttpStub, spool: Spool, tmp_path: Path, running: Callable[..., DeliveryService]
 ) -> None:
     """401/403/404 blame our credentials or URL, not the instances: no split, no dead letters
     while the operator fixes the configuration."""
