@@ -61,6 +61,16 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("schema", help="print the JSON Schema of the site YAML")
 
+    rt = sub.add_parser(
+        "route", help="print which rule and destinations each file would take (sends nothing)"
+    )
+    rt.add_argument("files", nargs="+", type=Path, metavar="FILE", help="Part-10 files")
+    rt.add_argument("--config", "-c", required=True, type=Path, help="site YAML file")
+    rt.add_argument("--plugin", default=None, help="whose rules: importer (default) or exporter")
+    rt.add_argument("--calling-ae", default=None, help="as if sent by this calling AE title")
+    rt.add_argument("--called-ae", default=None, help="as if sent to this called AE title")
+    rt.add_argument("--json", action="store_true", help="one JSON object per file")
+
     dl = sub.add_parser("deadletters", help="list, retry or purge dead letters")
     dl.add_argument("action", choices=["list", "retry", "purge"])
     dl.add_argument("--config", "-c", required=True, type=Path, help="site YAML file")
@@ -161,6 +171,56 @@ def _deadletters(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _route(args: argparse.Namespace) -> int:
+    """Dry run of the rules: decision per file, nothing sent, nothing written."""
+    from adapter.pipeline.instance import Instance, Origin
+    from adapter.plugin import discover_plugins
+    from adapter.spool_files import read_spool_meta
+
+    site = load_config(args.config)
+    plugins = discover_plugins()
+    enabled = site.enabled_plugins()
+    name = args.plugin or ("importer" if "importer" in enabled else next(iter(enabled), ""))
+    if name not in plugins or name not in site.plugins:
+        raise ConfigError(
+            f"route --plugin: {name!r} is not enabled in {args.config} "
+            f"(enabled: {', '.join(enabled) or 'none'})"
+        )
+    make_router = getattr(plugins[name], "router", None)
+    if make_router is None:
+        raise ConfigError(f"route: plugin {name!r} has no routing rules")
+    router = make_router(site.core, site.plugins[name])
+    kind = "dimse" if name == "importer" else "pubsub"
+    status = EXIT_OK
+    for path in args.files:
+        try:
+            meta = read_spool_meta(path, args.calling_ae, args.called_ae)
+        except Exception as exc:  # not DICOM: say so and go on with the next file
+            print(f"{path}: not a DICOM file: {type(exc).__name__}: {str(exc)[:120]}")
+            status = EXIT_FAILURE
+            continue
+        instance = Instance(path, meta, Origin(kind, args.calling_ae, args.called_ae))
+        decision = router.route(instance)
+        row = {
+            "file": str(path),
+            "sop_instance_uid": meta.sop_instance_uid,
+            "rule": decision.rule,
+            "destinations": list(decision.destinations),
+            "stages": {r.destination: list(r.stages) for r in decision.routes if r.stages},
+            "dropped": decision.dropped,
+            "echoes": list(decision.echoes),
+        }
+        if args.json:
+            print(json.dumps(row))
+        elif decision.dropped:
+            print(f"{path}: dropped by {decision.dropped}")
+        else:
+            where = ", ".join(decision.destinations) or "nowhere"
+            echo = f" (not back to {', '.join(decision.echoes)}: echo)" if decision.echoes else ""
+            print(f"{path}: rule {decision.rule!r} -> {where}{echo}")
+    return status
+
+
 def site_schema() -> dict[str, Any]:
     """JSON Schema of the site YAML: the core keys plus each plugin's section."""
     from adapter.config import CoreConfig
@@ -213,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "deadletters":
             return _deadletters(args)
+        if args.command == "route":
+            return _route(args)
         if args.command == "run":
             site = load_config(args.config)
             configure_logging(site.core.log.format, site.core.log.level)

@@ -11,9 +11,10 @@ from typing import ClassVar
 
 from adapter.config import CoreConfig
 from adapter.deadletter import DeadLetter, DeadLetterQueue
-from adapter.destinations import DestinationConfig, DimseDestination
+from adapter.destinations import DestinationConfig, DimseDestination, echo_aets
 from adapter.dicomweb.wado import WadoClient
 from adapter.pipeline.build import BuiltPipeline, build_pipeline, check_routing, outbox_path
+from adapter.pipeline.router import Router
 from adapter.plugin import PluginContext
 from adapter.provenance import ProvenanceLog
 from adapter.service import Service
@@ -50,6 +51,15 @@ class ExporterPlugin:
         if config.destination is not None:
             found[PEER_DESTINATION] = config.destination
         return {**found, **core.destinations}
+
+    def router(self, core: CoreConfig, config: ExporterConfig) -> Router:
+        """The rules as the running exporter applies them (``dicom-adapter route``)."""
+        destinations = self.destinations(core, config)
+        return Router(
+            config.routing,
+            [PEER_DESTINATION] if config.destination is not None else [],
+            {name: echo_aets(cfg) for name, cfg in destinations.items()},
+        )
 
     def build(self, context: PluginContext, config: ExporterConfig) -> Sequence[Service]:
         source = config.source or context.core.dicomweb

@@ -13,7 +13,12 @@ from pynetdicom.presentation import PresentationContext
 from adapter import metrics
 from adapter.config import CoreConfig
 from adapter.deadletter import DeadLetter, DeadLetterQueue
-from adapter.destinations import DeliveryConfig, DestinationConfig, DicomwebDestination
+from adapter.destinations import (
+    DeliveryConfig,
+    DestinationConfig,
+    DicomwebDestination,
+    echo_aets,
+)
 from adapter.dicomweb.qido import QidoClient
 from adapter.dicomweb.wado import WadoClient
 from adapter.dimse.contexts import (
@@ -24,6 +29,7 @@ from adapter.dimse.contexts import (
 from adapter.dimse.server import DimseServer, Handler
 from adapter.pipeline.build import build_pipeline, check_routing, outbox_path
 from adapter.pipeline.pipeline import RoutingService
+from adapter.pipeline.router import Router
 from adapter.plugin import PluginContext
 from adapter.provenance import ProvenanceLog
 from adapter.service import Service
@@ -132,6 +138,15 @@ class ImporterPlugin:
                 ),
             )
         return {**found, **core.destinations}
+
+    def router(self, core: CoreConfig, config: ImporterConfig) -> Router:
+        """The rules as the running importer applies them (``dicom-adapter route``)."""
+        destinations = self.destinations(core, config)
+        return Router(
+            config.routing,
+            [STORE_DESTINATION],
+            {name: echo_aets(cfg) for name, cfg in destinations.items()},
+        )
 
     def build(self, context: PluginContext, config: ImporterConfig) -> Sequence[Service]:
         """Delivery first, listener last: stopped in reverse, the listener closes before the

@@ -294,7 +294,8 @@ class RouteRule(ConfigModel):
 
     @property
     def condition(self) -> Condition:
-        return self.match  # type: ignore[no-any-return]
+        """The parsed ``match`` (no match: always)."""
+        return self.match if self.match is not None else AllOf(())  # type: ignore[no-any-return]
 
 
 class RoutingConfig(ConfigModel):
@@ -313,7 +314,7 @@ class RoutingConfig(ConfigModel):
         for rule in self.rules:
             if rule.name in seen:
                 raise PydanticCustomError(
-                    "route", "two rules are named {name!r}", {"name": rule.name}
+                    "route", "two rules are named {name}", {"name": repr(rule.name)}
                 )
             seen.add(rule.name)
         return self
