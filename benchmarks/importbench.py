@@ -178,9 +178,10 @@ class ImportBench:
 
     # ---------------------------------------------------------------- (c), (d)
     def _adapter(self, workdir: Path, peer: OrthancPeer, workers: int,
-                 processes: int = 1) -> AdapterProcess:
+                 processes: int = 1, second: OrthancPeer | None = None) -> AdapterProcess:
         """The importer as the brief's site YAML describes it, on free ports; ``processes`` >
-        1: that many receiving processes (importer.dimse.processes)."""
+        1: that many receiving processes (importer.dimse.processes); ``second``: fan every
+        instance out to that store too (a second DICOMweb destination with its own outbox)."""
         dimse_port = free_port()
         dimse: dict[str, Any] = {"ae_title": ADAPTER_AET, "bind": LOOPBACK, "port": dimse_port}
         if processes > 1:
@@ -198,16 +199,26 @@ class ImportBench:
                 "upload": {"workers": workers, "batch_max_instances": BATCH},
             },
         }
+        if second is not None:
+            config["destinations"] = {"second": {
+                "kind": "dicomweb", "url": second.dicomweb_url, "auth": {"kind": "none"},
+                "delivery": {"workers": workers, "batch_max_instances": BATCH},
+            }}
+            config["importer"]["routing"] = {"default": ["store", "second"]}
         return AdapterProcess(workdir / "adapter", config, dimse_port=dimse_port,
                               name=f"adapter-{workdir.name}").start()
 
     def through_adapter(self, series: Series, associations: int, workers: int = 4,
-                        processes: int = 1) -> Measurement:
+                        processes: int = 1, fan_out: bool = False) -> Measurement:
         n = len(series.instances)
         key = f"c-a{associations}" + (f"-p{processes}" if processes > 1 else "")
         label = f"storescu x{associations} -> dicom-adapter -> Orthanc, until QIDO finds all"
         if processes > 1:
             label += f" ({processes} receiving processes)"
+        if fan_out:
+            key += "-fan2"
+            label = (f"storescu x{associations} -> dicom-adapter -> 2 Orthancs (fan-out), "
+                     "until QIDO finds all in both")
         why_not = importer_available()
         if why_not:
             return Measurement(key, label, n, series.total_bytes, error=why_not)
@@ -217,10 +228,11 @@ class ImportBench:
             tmp = self._tmp(f"{key}-{i}")
             say(f"{key}: starting Orthanc and dicom-adapter")
             peer = fresh_orthanc(tmp / "orthanc")
+            second = fresh_orthanc(tmp / "orthanc2") if fan_out else None
             adapter: AdapterProcess | None = None
             spy: PySpy | None = None
             try:
-                adapter = self._adapter(tmp, peer, workers, processes)
+                adapter = self._adapter(tmp, peer, workers, processes, second)
                 say(f"{key}: sending {n} instances over {associations} association(s)")
                 if self.profile_dir is not None and i == 0:
                     spy = PySpy(adapter.pid, self.profile_dir / f"profile-{key}.txt").start()
@@ -234,6 +246,8 @@ class ImportBench:
                     raise RuntimeError(f"storescu: {ok} of {n} acknowledged; adapter log: "
                                        f"{adapter.log_tail()}")
                 done = wait_queryable(peer, series, timeout=120 + n)
+                if second is not None:
+                    done = max(done, wait_queryable(second, series, timeout=120 + n))
                 extra: dict[str, Any] = {
                     "ack_seconds": acked - t0,
                     "adapter_cpu_s": cpu_seconds(adapter.pid) - cpu0[0],
@@ -250,6 +264,8 @@ class ImportBench:
                 if adapter is not None:
                     adapter.stop()
                 peer.cleanup()
+                if second is not None:
+                    second.cleanup()
                 shutil.rmtree(tmp, ignore_errors=True)
 
         return measure(key, label, n, series.total_bytes, self.runs, once)
@@ -293,6 +309,8 @@ class ImportBench:
                 if adapter is not None:
                     adapter.stop()
                 peer.cleanup()
+                if second is not None:
+                    second.cleanup()
                 shutil.rmtree(tmp, ignore_errors=True)
 
         say(f"d: {big.path} ({mb:.0f} MB)")

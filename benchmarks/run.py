@@ -145,6 +145,11 @@ def verdicts(rows: dict[str, Measurement]) -> list[str]:
                 ack = rows[key].extra_median("ack_seconds")
                 out.append(f"ratio {key} / limit = {ratio:.2f}{target}; storescu all acked "
                            f"after {_fmt(ack, 2)} s (median)")
+    single, fan = _rate(rows, "c-a8"), _rate(rows, "c-a8-fan2")
+    if single and fan:
+        ratio = fan / single
+        out.append(f"fan-out ratio c-a8-fan2 / c-a8 = {ratio:.2f} (two DICOMweb destinations "
+                   f"against one, same run; target >= 0.8: {'MET' if ratio >= 0.8 else 'NOT MET'})")
     d = rows.get("d")
     if d is not None and d.runs:
         peak = d.extra_max("peak_rss_mb")
@@ -218,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(bench.through_adapter(series, 1))
             rows.append(bench.through_adapter(series, 8))
             rows.append(bench.through_adapter(series, 8, processes=2))
+            rows.append(bench.through_adapter(series, 8, fan_out=True))
             if args.big_mb:
                 big = big_instance(cache, args.big_mb)
                 single = Series(big.path.parent, [big])
