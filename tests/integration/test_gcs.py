@@ -360,3 +360,30 @@ def test_a_backup_that_cannot_be_written_refuses_the_c_store_and_a_missing_bucke
 
     with pytest.raises(AdapterProcessError, match="cannot list the spool backup"):
         start_adapter(config, env=gcs_emulator.env())
+
+
+def test_receiving_child_processes_back_up_and_the_parent_deletes(
+    orthanc: OrthancPeer,
+    gcs_emulator: GcsEmulator,
+    bucket: str,
+    tmp_path: Path,
+    start_adapter: Callable[..., AdapterProcess],
+) -> None:
+    config = {
+        "dicomweb": {"url": orthanc.dicomweb_url, "auth": {"kind": "none"}},
+        "retry": {"max_attempts": 0, "initial_delay": 0.1, "max_delay": 0.5},
+        "importer": {
+            "dimse": {"ae_title": AET, "processes": 2, "port": free_port()},
+            "ack": "after-spool",
+            "spool": {"backup": {"bucket": bucket, "prefix": "mp"}},
+        },
+    }
+    orthanc.stop()
+    adapter = start_adapter(config, env=gcs_emulator.env())
+    files = make_ct_series(tmp_path / "ct", 4, rows=32, cols=32)
+    assert dcmtk.count_store_successes(dcmtk.storescu(adapter.port, files, called_aet=AET)) == 4
+    assert len(gcs_emulator.objects(bucket, "mp/")) == 4  # written by a child before its answer
+    orthanc.start()
+    uids = {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}
+    wait_until(lambda: uids <= orthanc.sop_instance_uids(), 60, interval=0.3, what="delivered")
+    wait_until(lambda: not gcs_emulator.objects(bucket), 30, interval=0.2, what="bucket emptied")
