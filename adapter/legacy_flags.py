@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,13 +87,33 @@ def _retry_amount(data: dict[str, Any], value: str) -> None:
 
 
 def _storage(data: dict[str, Any], value: str) -> None:
-    if value.startswith("gs://"):
-        raise ConfigError(
-            "--persistent_file_storage_location: not supported yet: a gs:// backup location; "
-            "give a local path (a PersistentVolume on GKE)"
-        )
+    if value.startswith("gs://"):  # a bucket copy of a local working spool (no volume)
+        bucket, _, folder = value[len("gs://") :].partition("/")
+        data.setdefault("_legacy", {})["gcs_backup"] = (bucket, folder.strip("/"))
+        value = str(Path(tempfile.gettempdir()) / "dicom-adapter" / "spool")
     _set(data, "importer.spool.path", value)
     data.setdefault("_legacy", {})["persistent"] = True
+
+
+def _gcs_backup(data: dict[str, Any], legacy: dict[str, Any]) -> list[str]:
+    """The Java GcpBackupUploader's checks: gs://bucket/folder needs --gcs_backup_project_id
+    (and the project alone does nothing). Returns warnings."""
+    project = legacy.get("gcs_project", "")
+    if "gcs_backup" not in legacy:
+        return (
+            ["--gcs_backup_project_id: ignored without --persistent_file_storage_location=gs://..."]
+            if project
+            else []
+        )
+    bucket, folder = legacy["gcs_backup"]
+    if not (bucket and folder):
+        raise ConfigError("--persistent_file_storage_location: expected gs://BUCKET/FOLDER")
+    if not project:
+        raise ConfigError(
+            "--persistent_file_storage_location=gs://...: needs --gcs_backup_project_id"
+        )
+    _set(data, "importer.spool.backup", {"bucket": bucket, "prefix": folder, "project": project})
+    return []
 
 
 def _aets_inline(data: dict[str, Any], value: str, flag: str = "aet_dictionary_inline") -> None:
@@ -158,7 +179,11 @@ IMPORT_FLAGS: dict[str, Flag] = {
             "Debug logging.",
             lambda d, on: _set(d, "log.level", "DEBUG" if on else "INFO"),
         ),
-        _flag("persistent_file_storage_location", "Spool directory (local path).", _storage),
+        _flag(
+            "persistent_file_storage_location",
+            "Spool directory (local path), or gs://BUCKET/FOLDER: a bucket copy of the spool.",
+            _storage,
+        ),
         _flag("persistent_file_upload_retry_amount", "Upload retries.", _retry_amount),
         _flag(
             "min_upload_delay",
@@ -221,7 +246,11 @@ IMPORT_FLAGS: dict[str, Flag] = {
         _flag("redact_filter_profile", "Redaction.", None),
         _flag("store_compress_to_transfer_syntax", "Transcoding before upload.", None),
         _flag("fuzzy_matching", "C-FIND fuzzy person-name matching.", None, boolean=True),
-        _flag("gcs_backup_project_id", "GCS backup.", None),
+        _flag(
+            "gcs_backup_project_id",
+            "Project of the gs:// --persistent_file_storage_location.",
+            lambda d, v: d.setdefault("_legacy", {}).__setitem__("gcs_project", v),
+        ),
     ]
 }
 
@@ -351,6 +380,7 @@ def translate(argv: Sequence[str], command: str) -> tuple[dict[str, Any], list[s
             raise ConfigError("import: --dicomweb_address is required")
         if "ae_title" not in importer.get("dimse", {}):
             raise ConfigError("import: --dimse_aet must be set")
+        warnings += _gcs_backup(data, legacy)
         # Java semantics: without a persistent location (or without --auto_ack_cstore) the
         # C-STORE is answered only after the upload, so a pod restart cannot lose an ack'ed image.
         persistent = legacy.get("persistent", False)

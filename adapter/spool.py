@@ -24,7 +24,7 @@ import threading
 import time
 from collections import Counter, OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from adapter.deadletter import DeadLetterQueue
 from adapter.spool_files import (
@@ -46,8 +46,18 @@ from adapter.spool_files import (
 if TYPE_CHECKING:
     from adapter.pipeline.waiter import DeliveryWaiter
 
+
+class SpoolBackup(Protocol):
+    """A remote copy of the spool's entries (:class:`adapter.spool_backup.GcsSpoolBackup`)."""
+
+    def put(self, entry_id: str, path: Path) -> None:
+        """Store the entry's file remotely before it is acknowledged; raise if that failed."""
+        ...
+
+
 __all__ = [
     "Spool",
+    "SpoolBackup",
     "SpoolBudget",
     "SpoolEntry",
     "SpoolFullError",
@@ -69,10 +79,13 @@ class Spool:
         min_free_bytes: int = 0,
         dead_letters: DeadLetterQueue | None = None,
         budget: SpoolBudget | None = None,
+        backup: SpoolBackup | None = None,
     ) -> None:
         """``budget``: shared with the outboxes the spool's instances move on to (an
-        instance counts against it until its last copy is delivered)."""
+        instance counts against it until its last copy is delivered). ``backup``: a remote
+        copy :meth:`put_file` writes before it returns (the import spool without a volume)."""
         self.path = Path(path)
+        self.backup = backup
         self.incoming_dir = self.path / "incoming"
         self.ready_dir = self.path / "ready"
         self.budget = budget or SpoolBudget(max_bytes)
@@ -200,6 +213,8 @@ class Spool:
         try:
             move_durably(src, self.incoming_dir, dst)
             self._ready_sync.sync()
+            if self.backup is not None:
+                self._back_up(entry_id, dst)
         finally:
             self.budget.unreserve(size)
             with self._cond:
@@ -207,6 +222,17 @@ class Spool:
                 if dst.exists():
                     self._index(entry)
         return entry
+
+    def _back_up(self, entry_id: str, path: Path) -> None:
+        """Copy a just-moved-in file to the backup; if that fails, the file goes again (it
+        is not indexed yet) and the error propagates: the instance is not acknowledged."""
+        assert self.backup is not None
+        try:
+            self.backup.put(entry_id, path)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            self._ready_sync.sync()
+            raise
 
     def link_in(
         self, src: Path, entry_id: str, meta: SpoolMeta, waiter: DeliveryWaiter | None = None

@@ -13,6 +13,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -87,8 +88,12 @@ class SpoolBudget:
     """The byte budget shared by a spool and its outboxes. An instance hard-linked into
     several outboxes is one file: it is counted once, until its last link goes."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, on_released: Callable[[str], None] | None = None) -> None:
+        """``on_released(entry_id)``: called once an entry's last link was dropped (every
+        destination delivered or dead-lettered it); it must not block (a spool's lock may
+        be held)."""
         self.max_bytes = int(max_bytes)
+        self.on_released = on_released
         self._lock = threading.Lock()
         self._held: dict[str, list[int]] = {}  # entry id -> [links, size]
         self._reserved = 0
@@ -130,9 +135,12 @@ class SpoolBudget:
             if held is None:
                 return
             held[0] -= 1
-            if held[0] <= 0:
+            released = held[0] <= 0
+            if released:
                 del self._held[entry_id]
                 self._used -= held[1]
+        if released and self.on_released is not None:
+            self.on_released(entry_id)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ __all__ = [
     "ImporterConfig",
     "MoveDestination",
     "QueryConfig",
+    "SpoolBackupConfig",
     "SpoolConfig",
     "UploadConfig",
 ]
@@ -24,12 +25,23 @@ __all__ = [
 STORE_DESTINATION = "store"
 
 
+class SpoolBackupConfig(ConfigModel):
+    """A Cloud Storage copy of the spool (pods without a persistent volume): each instance is
+    in ``gs://bucket/prefix/`` before its C-STORE is answered, and comes back after a restart."""
+
+    bucket: str = Field(min_length=3, max_length=222, pattern=r"^[a-z0-9][a-z0-9._-]+[a-z0-9]$")
+    prefix: str = ""
+    project: str | None = None
+    timeout: float = Field(60.0, gt=0)
+
+
 class SpoolConfig(ConfigModel):
     """Where received instances wait, durably, for upload; and how much disk they may take."""
 
     path: Path = Path("/var/lib/dicom-adapter/spool")
     max_bytes: ByteSize = ByteSize(10 * 1024**3)
     min_free_bytes: ByteSize = ByteSize(1024**3)
+    backup: SpoolBackupConfig | None = None
 
 
 class UploadConfig(ConfigModel):

@@ -34,6 +34,7 @@ from adapter.plugin import PluginContext
 from adapter.provenance import ProvenanceLog
 from adapter.service import Service
 from adapter.spool import Spool, SpoolBudget, adopt_into_spool
+from adapter.spool_backup import GcsSpoolBackup, entry_ids_in
 from importer.commitment import StorageCommitmentScp
 from importer.config import STORE_DESTINATION, ImporterConfig
 from importer.find_scp import FindScp
@@ -101,6 +102,23 @@ def dimse_handlers(
     return handlers, commitment
 
 
+def spool_backup(config: ImporterConfig) -> GcsSpoolBackup | None:
+    """The spool's Cloud Storage copy, when ``importer.spool.backup`` is set."""
+    cfg = config.spool.backup
+    if cfg is None:
+        return None
+    return GcsSpoolBackup.create(cfg.bucket, cfg.prefix, cfg.project, timeout=cfg.timeout)
+
+
+def restore_backup(config: ImporterConfig) -> GcsSpoolBackup | None:
+    """Before the spool opens: bring back what the bucket holds and no outbox does (a pod
+    that lost its disk gets everything back; one that kept it gets no second copy)."""
+    backup = spool_backup(config)
+    if backup is not None:
+        backup.restore(config.spool.path / "ready", known=entry_ids_in(config.outbox_dir))
+    return backup
+
+
 class ImporterPlugin:
     """PACS -> DICOMweb: a DIMSE SCP whose C-STOREs are spooled and uploaded by STOW-RS; it
     also answers C-FIND/C-MOVE/C-GET and storage commitment from the store."""
@@ -153,7 +171,10 @@ class ImporterPlugin:
         commitment reports, the routing and the deliveries drain."""
         core = context.core
         assert core.dicomweb is not None  # check() made sure
-        budget = SpoolBudget(int(config.spool.max_bytes))
+        backup = restore_backup(config)
+        budget = SpoolBudget(
+            int(config.spool.max_bytes), on_released=backup.release if backup else None
+        )
         dead_letters = self.dead_letters(core, config)
         spool = Spool(
             config.spool.path,
@@ -161,7 +182,9 @@ class ImporterPlugin:
             min_free_bytes=int(config.spool.min_free_bytes),
             dead_letters=dead_letters,
             budget=budget,
+            backup=backup,
         )
+        first: list[Service] = [backup] if backup else []  # stopped last: the deletes
         provenance = ProvenanceLog(core.state_dir / "provenance.sqlite")
         built = build_pipeline(
             self.name,
@@ -190,7 +213,7 @@ class ImporterPlugin:
         if config.dimse.processes > 1:  # receiving child processes own the listener
             from importer.receivers import ReceiverPool
 
-            return [*built.deliveries, routing, ReceiverPool(context.core, config, spool)]
+            return [*first, *built.deliveries, routing, ReceiverPool(context.core, config, spool)]
         store = StoreScp(spool, provenance, ack=config.ack, upload_timeout=config.upload_timeout)
         handlers, commitment = dimse_handlers(context, config, is_pending)
         server = DimseServer(
@@ -200,7 +223,7 @@ class ImporterPlugin:
             receive_dir=spool.incoming_dir,
             storage_handler=store,
         )
-        return [*built.deliveries, routing, _CommitmentReports(commitment), server]
+        return [*first, *built.deliveries, routing, _CommitmentReports(commitment), server]
 
     def dead_letters(self, core: CoreConfig, config: ImporterConfig) -> DeadLetterQueue | None:
         """Dead letters whose retry moves the file back into the outbox of the destination

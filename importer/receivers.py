@@ -53,7 +53,7 @@ from adapter.log import configure_logging
 from adapter.pipeline.waiter import DeliveryWaiter
 from adapter.plugin import PluginContext
 from adapter.provenance import ProvenanceLog
-from adapter.spool import Spool
+from adapter.spool import Spool, SpoolBackup
 from adapter.spool_files import (
     SUFFIX,
     SpoolEntry,
@@ -122,9 +122,16 @@ class ReceiverSpool:
     and a message to the parent, which indexes and uploads the file."""
 
     def __init__(
-        self, path: Path, max_bytes: int, min_free_bytes: int, budget: Any, link: _ParentLink
+        self,
+        path: Path,
+        max_bytes: int,
+        min_free_bytes: int,
+        budget: Any,
+        link: _ParentLink,
+        backup: SpoolBackup | None = None,
     ) -> None:
         self.path = Path(path)
+        self.backup = backup  # the child's own client; the parent deletes the objects
         self.incoming_dir = self.path / "incoming"
         self.ready_dir = self.path / "ready"
         self.max_bytes = int(max_bytes)
@@ -164,6 +171,13 @@ class ReceiverSpool:
         try:
             move_durably(src, self.incoming_dir, dst)
             fsync_dir(self.ready_dir)
+            if self.backup is not None:
+                try:
+                    self.backup.put(entry_id, dst)
+                except BaseException:  # not acknowledged: the file must not be routed
+                    dst.unlink(missing_ok=True)
+                    fsync_dir(self.ready_dir)
+                    raise
         finally:
             if dst.exists():  # durable or not, it is in ready/: the parent owns it now
                 with contextlib.suppress(OSError):  # parent gone: its next start finds it
@@ -182,7 +196,7 @@ def run_receiver(
     index: int, core: CoreConfig, config: ImporterConfig, conn: Connection, budget: Any
 ) -> None:
     """A receiving child's main (the ``spawn`` target): serve until told to stop."""
-    from importer.plugin import dimse_handlers, importer_contexts
+    from importer.plugin import dimse_handlers, importer_contexts, spool_backup
 
     configure_logging(core.log.format, core.log.level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
@@ -194,7 +208,12 @@ def run_receiver(
     try:
         spool_cfg = config.spool
         spool = ReceiverSpool(
-            spool_cfg.path, int(spool_cfg.max_bytes), int(spool_cfg.min_free_bytes), budget, link
+            spool_cfg.path,
+            int(spool_cfg.max_bytes),
+            int(spool_cfg.min_free_bytes),
+            budget,
+            link,
+            backup=spool_backup(config),
         )
         store = StoreScp(spool, ProvenanceLog(core.state_dir / "provenance.sqlite"))
         handlers, commitment = dimse_handlers(context, config, link.holds)

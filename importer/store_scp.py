@@ -25,6 +25,7 @@ from adapter.dimse.storage_acceptor import StoreRequest, StoreResult
 from adapter.pipeline.waiter import DeliveryWaiter, Verdict
 from adapter.provenance import ProvenanceLog
 from adapter.spool import SpoolEntry, SpoolFullError, SpoolMeta
+from adapter.spool_backup import SpoolBackupError
 from adapter.status import Status
 from importer.part10 import InvalidDatasetError, check_part10, is_valid_uid, printable
 
@@ -185,6 +186,8 @@ class StoreScp:
             raise _RefusedError(
                 Status.REFUSED_OUT_OF_RESOURCES, f"spool full: {exc}", "spool_full"
             ) from exc
+        except SpoolBackupError as exc:  # not kept remotely: the sender keeps it, resends
+            raise _RefusedError(Status.REFUSED_OUT_OF_RESOURCES, str(exc), "backup") from exc
         metrics.INSTANCES_SPOOLED_TOTAL.inc()
         if waiter is None:
             return Verdict(Status.SUCCESS)

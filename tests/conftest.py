@@ -124,3 +124,17 @@ def orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., OrthancPeer]]:
     finally:
         for peer in started:
             peer.kill()  # its storage is thrown away: no need for the 3.5 s clean shutdown
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A Cloud Storage emulator on 127.0.0.1 (tests.peers.gcs.GcsEmulator); tests make their
+    own buckets (unique names: the session shares it)."""
+    from tests.peers.gcs import GcsEmulator
+
+    emulator = GcsEmulator(tmp_path_factory.mktemp("gcs"))
+    emulator.start()
+    try:
+        yield emulator
+    finally:
+        emulator.stop()
