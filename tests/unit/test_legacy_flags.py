@@ -91,7 +91,11 @@ def test_oauth_scopes_are_split_on_commas() -> None:
 
 @pytest.mark.parametrize(
     "flag",
-    ["--redact_keep_list=PatientID", "--destination_config_inline=[]", "--dimse_cmove_aet=X"],
+    [
+        "--redact_keep_list=PatientID",
+        "--store_compress_to_transfer_syntax=1.2.840.10008.1.2.4.90",
+        "--redact_filter_profile=CHC_BASIC",
+    ],
 )
 def test_unbuilt_features_are_refused_by_name(flag: str) -> None:
     name = flag.split("=")[0]
