@@ -432,7 +432,7 @@ def _filter_attribute(key: str, where: str) -> str:
     """dcm4che's TagUtils.forName: hexadecimal digits are a tag, else a PS3.6 keyword."""
     if re.fullmatch(r"[0-9A-Fa-f]{1,8}", key):
         return f"{int(key, 16):08X}"
-    if tag_for_keyword(key) is None:
+    if not key or tag_for_keyword(key) is None:
         raise ConfigError(f"{where}: invalid tag in filter string: {key!r}")
     return key
 
