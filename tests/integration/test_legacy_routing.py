@@ -180,3 +180,31 @@ def test_the_lenient_json_of_the_java_users_from_the_environment(
     assert uid_of(mg) not in orthanc.sop_instance_uids()
     assert uid_of(ct) in orthanc.sop_instance_uids()
     assert_stored_byte_equal(second, mg)
+
+
+@pytest.mark.parametrize("cmove_aet", [None, "CMOVEAET"])
+def test_dimse_cmove_aet_is_the_calling_ae_of_the_c_move_sub_operations(
+    orthanc: OrthancPeer,
+    orthanc_factory: Callable[..., OrthancPeer],
+    start_legacy: Callable[..., AdapterProcess],
+    tmp_path: Path,
+    cmove_aet: str | None,
+) -> None:
+    destination = orthanc_factory(aet="MOVEDEST")  # Orthanc records each sender's AE title
+    [path] = make_ct_series(tmp_path / "ct", 1, rows=32, cols=32)
+    orthanc.upload_file(path)
+    adapter = start_legacy(
+        f"--dicomweb_address={orthanc.dicomweb_url}",
+        "--aet_dictionary_inline="
+        f"[{{name: MOVEDEST, host: 127.0.0.1, port: {destination.dicom_port}}},]",
+        *([f"--dimse_cmove_aet={cmove_aet}"] if cmove_aet else []),
+    )
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    result = dcmtk.movescu(
+        adapter.port, {"StudyInstanceUID": str(ds.StudyInstanceUID)}, "MOVEDEST", called_aet=AET
+    )
+    assert result.ok, result.output
+    oid = destination.find_instance_id(str(ds.SOPInstanceUID))
+    assert oid is not None, "the instance did not arrive at the move destination"
+    remote = destination.request("GET", f"/instances/{oid}/metadata/RemoteAET").text
+    assert remote == (cmove_aet or AET)
