@@ -61,6 +61,9 @@ class QueryConfig(ConfigModel):
     page_size: int = Field(1000, ge=1, le=100000)
     max_results: int | None = Field(None, ge=1)  # over it: a clear failure, not a cut list
     commitment_wait: float = Field(600.0, ge=0)  # storage commitment: wait for the spool
+    #: Calling AE title of the associations that carry C-MOVE sub-operations to the move
+    #: destination (unset: ``importer.dimse.ae_title``); the Java ``--dimse_cmove_aet``.
+    move_calling_ae_title: AeTitle | None = None
 
 
 class MoveDestination(ConfigModel):

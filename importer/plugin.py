@@ -85,7 +85,13 @@ def dimse_handlers(
     destinations = {d.name: d for d in config.move_destinations}
     retrieve_dir = config.spool.path / "retrieve"  # WADO-RS downloads, one at a time
     retrieve_dir.mkdir(parents=True, exist_ok=True)
-    retrieve = RetrieveScp(qido, WadoClient(session, url), destinations, retrieve_dir)
+    retrieve = RetrieveScp(
+        qido,
+        WadoClient(session, url),
+        destinations,
+        retrieve_dir,
+        move_calling_ae=config.query.move_calling_ae_title,
+    )
     commitment = StorageCommitmentScp(
         qido,
         destinations,

@@ -55,11 +55,13 @@ class RetrieveScp:
         wado: WadoClient,
         destinations: Mapping[str, MoveDestination],
         tmp_dir: Path,
+        move_calling_ae: str | None = None,
     ) -> None:
         self.qido = qido
         self.wado = wado
         self.destinations = dict(destinations)
         self.tmp_dir = tmp_dir
+        self.move_calling_ae = move_calling_ae  # unset: the listener's own AE title
 
     def _instances(self, query: QidoQuery) -> list[Instance]:
         """(study, series, instance) UIDs of every instance the identifier selects."""
@@ -181,7 +183,12 @@ class RetrieveScp:
         yield (
             destination.host,
             destination.port,
-            {"ae_title": destination.name, "contexts": contexts or None},
+            {
+                "ae_title": destination.name,
+                "contexts": contexts or None,
+                # DimseServer's AE takes it for the sub-operations' association
+                **({"calling_ae_title": self.move_calling_ae} if self.move_calling_ae else {}),
+            },
         )
         if isinstance(prepared, Dataset):
             yield 1  # pynetdicom needs a count before it takes a final failure status

@@ -190,6 +190,29 @@ class _SharedLimitAE(AE):
     def maximum_associations(self, value: int) -> None:
         AE.maximum_associations.fset(self, value)  # type: ignore[attr-defined]
 
+    # A C-MOVE handler may name the calling AE title of its sub-operations' association
+    # (``calling_ae_title`` beside ``ae_title`` in its destination kwargs): pynetdicom takes
+    # the requestor's title from ``self.ae_title``, so it is overridden for this thread only.
+    _calling = threading.local()
+
+    @property
+    def ae_title(self) -> str:
+        own = AE.ae_title.fget(self)  # type: ignore[attr-defined]
+        return getattr(self._calling, "title", None) or str(own)
+
+    @ae_title.setter
+    def ae_title(self, value: str) -> None:
+        AE.ae_title.fset(self, value)  # type: ignore[attr-defined]
+
+    def associate(self, *args: Any, calling_ae_title: str | None = None, **kwargs: Any) -> Any:
+        if not calling_ae_title:
+            return super().associate(*args, **kwargs)
+        self._calling.title = calling_ae_title
+        try:
+            return super().associate(*args, **kwargs)
+        finally:
+            self._calling.title = None
+
 
 def on_c_echo(event: Event) -> int:
     """C-ECHO (PS3.4 A.4): we are here."""
