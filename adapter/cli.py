@@ -173,7 +173,7 @@ def _deadletters(args: argparse.Namespace) -> int:
 
 def _route(args: argparse.Namespace) -> int:
     """Dry run of the rules: decision per file, nothing sent, nothing written."""
-    from adapter.pipeline.instance import Instance, Origin
+    from adapter.pipeline.instance import Instance, Origin, OriginKind
     from adapter.plugin import discover_plugins
     from adapter.spool_files import read_spool_meta
 
@@ -190,7 +190,7 @@ def _route(args: argparse.Namespace) -> int:
     if make_router is None:
         raise ConfigError(f"route: plugin {name!r} has no routing rules")
     router = make_router(site.core, site.plugins[name])
-    kind = "dimse" if name == "importer" else "pubsub"
+    kind: OriginKind = "dimse" if name == "importer" else "pubsub"
     status = EXIT_OK
     for path in args.files:
         try:

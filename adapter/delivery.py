@@ -307,7 +307,7 @@ class DeliveryService:
             return
         waiting = waiter is not None and waiter.result is None and waiter.mode == "delivered"
         limit = self.policy.max_attempts
-        delay = self.policy.delay_for(entry.attempts, _RetryAfter(outcome.retry_after))
+        delay = self.policy.delay_for(entry.attempts, _RetryAfterError(outcome.retry_after))
         if outcome.retry_after == 0.0:
             delay = 0.0
         if (
@@ -378,7 +378,7 @@ class DeliveryService:
             )
 
 
-class _RetryAfter(Exception):
+class _RetryAfterError(Exception):
     """Carries a destination's Retry-After into RetryPolicy.delay_for."""
 
     def __init__(self, retry_after: float | None) -> None:

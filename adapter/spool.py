@@ -246,10 +246,8 @@ class Spool:
                 return None
             self._moving.add(entry_id)
         try:
-            try:
+            with contextlib.suppress(FileExistsError):  # linked before a crash: index it
                 os.link(src, dst)
-            except FileExistsError:
-                pass  # linked before a crash; indexed below all the same
             self._ready_sync.sync()
             entry = SpoolEntry(entry_id, dst, dst.stat().st_size, meta, time.time(), waiter=waiter)
         finally:

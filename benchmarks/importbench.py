@@ -309,8 +309,6 @@ class ImportBench:
                 if adapter is not None:
                     adapter.stop()
                 peer.cleanup()
-                if second is not None:
-                    second.cleanup()
                 shutil.rmtree(tmp, ignore_errors=True)
 
         say(f"d: {big.path} ({mb:.0f} MB)")

@@ -231,7 +231,7 @@ class ImporterPlugin:
         )
         return [*first, *built.deliveries, routing, _CommitmentReports(commitment), server]
 
-    def dead_letters(self, core: CoreConfig, config: ImporterConfig) -> DeadLetterQueue | None:
+    def dead_letters(self, core: CoreConfig, config: ImporterConfig) -> DeadLetterQueue:
         """Dead letters whose retry moves the file back into the outbox of the destination
         that refused it (or into the spool, to be routed again); the running importer picks
         it up at its next rescan."""

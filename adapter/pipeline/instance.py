@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset
 
 from adapter.spool_files import SpoolMeta
 
-__all__ = ["Instance", "Origin"]
+__all__ = ["Instance", "Origin", "OriginKind"]
 
 OriginKind = Literal["dimse", "pubsub", "file"]
 

@@ -295,7 +295,7 @@ class RouteRule(ConfigModel):
     @property
     def condition(self) -> Condition:
         """The parsed ``match`` (no match: always)."""
-        return self.match if self.match is not None else AllOf(())  # type: ignore[no-any-return]
+        return self.match if self.match is not None else AllOf(())
 
 
 class RoutingConfig(ConfigModel):

@@ -5,7 +5,6 @@ input and a full spool get precise statuses."""
 from __future__ import annotations
 
 import contextlib
-
 import re
 import subprocess
 import sys
