@@ -142,6 +142,7 @@ class ImporterPlugin:
             [*store.handlers(), *handlers],
             importer_contexts(),
             receive_dir=spool.incoming_dir,
+            require_called_aet=config.dimse.check_called_aet,
             storage_handler=store,
         )
         return [upload, _CommitmentReports(commitment), server]

@@ -428,10 +428,11 @@ class DimseServer:
         rq = event.assoc.requestor
         calling, called = rq.ae_title, getattr(rq.primitive, "called_ae_title", None)
         allowed = self.config.allowed_calling_aets
-        if allowed and calling not in allowed:
+        # pynetdicom checks the called AE title last, so its reason wins (PS3.8 Table 9-21)
+        if self.ae.require_called_aet and str(called or "").strip() != self.config.ae_title:
+            reason = f"called AE title not recognized (we are {self.config.ae_title})"
+        elif allowed and calling not in allowed:
             reason = "calling AE title not recognized"
-        elif self.ae.require_called_aet and called != self.config.ae_title:
-            reason = "called AE title not recognized"
         else:
             reason = f"local limit exceeded ({self.config.max_associations} associations)"
         metrics.ASSOCIATIONS_TOTAL.labels(calling_ae=self._label(calling), outcome="rejected").inc()
