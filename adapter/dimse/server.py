@@ -17,7 +17,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -70,6 +70,39 @@ def _named_temporary_file(*args: Any, **kwargs: Any) -> IO[bytes]:
 
 
 setattr(pynetdicom.dimse_messages, "NamedTemporaryFile", _named_temporary_file)  # noqa: B010
+
+#: A response whose command and data set together stay below this goes in one P-DATA-TF PDU.
+_PACKED_RESPONSE_LIMIT = 64 * 1024
+_encode_msg = pynetdicom.dimse_messages.DIMSEMessage.encode_msg
+
+
+def _packed_encode_msg(self: Any, context_id: int, max_pdu_length: int) -> Iterator[Any]:
+    """pynetdicom sends each PDV in a P-DATA-TF of its own; for a small response, put the
+    command and its identifier in one PDU (several PDVs per PDU, PS3.8 9.3.5). Why: dcmtk's
+    DcmSCU (getscu) never reads the identifier of a C-GET-RSP -- the Failed SOP Instance UID
+    List of a final response (PS3.4 C.4.3.1.4) -- and fails its release with "P-Data PDU
+    arrived" when that identifier comes in a PDU of its own; in the same PDU it is skipped."""
+    pdus = _encode_msg(self, context_id, max_pdu_length)
+    if not type(self).__name__.endswith("_RSP"):
+        yield from pdus
+        return
+    pending: list[Any] = []
+    size = 0
+    for pdata in pdus:
+        size += sum(len(v) + 6 for _, v in pdata.presentation_data_value_list)
+        pending.append(pdata)
+        if size > _PACKED_RESPONSE_LIMIT or (max_pdu_length and size + 6 > max_pdu_length):
+            yield from pending  # too large for one PDU: as pynetdicom sends it
+            yield from pdus
+            return
+    if pending:
+        packed = pending[0]
+        for pdata in pending[1:]:
+            packed.presentation_data_value_list.extend(pdata.presentation_data_value_list)
+        yield packed
+
+
+pynetdicom.dimse_messages.DIMSEMessage.encode_msg = _packed_encode_msg  # type: ignore[method-assign]
 
 #: Among syntaxes a requestor ranks equally: keep compressed data compressed, then the richest
 #: uncompressed encoding (Deflated, Explicit VR LE, Implicit VR LE, Explicit VR BE).
