@@ -220,7 +220,11 @@ IMPORT_FLAGS: dict[str, Flag] = {
         _flag("redact_keep_list", "Redaction.", None),
         _flag("redact_filter_profile", "Redaction.", None),
         _flag("store_compress_to_transfer_syntax", "Transcoding before upload.", None),
-        _flag("fuzzy_matching", "C-FIND fuzzy person-name matching.", None, boolean=True),
+        _flag_bool(
+            "fuzzy_matching",
+            "C-FIND: ask QIDO-RS for fuzzy person-name matching.",
+            lambda d, on: _set(d, "importer.query.fuzzy_matching", on),
+        ),
         _flag("gcs_backup_project_id", "GCS backup.", None),
     ]
 }
@@ -363,6 +367,8 @@ def translate(argv: Sequence[str], command: str) -> tuple[dict[str, Any], list[s
             _set(data, "importer.spool.path", "/tmp/dicom-adapter/spool")
         if "retry_amount" in legacy:
             _set(data, "retry.max_attempts", legacy["retry_amount"] + 1)
+        # Java semantics: a C-FIND answer holds every attribute the store's QIDO-RS result held.
+        importer.setdefault("query", {}).setdefault("return_keys", "store")
     else:
         exporter = data.setdefault("exporter", {})
         exporter["enabled"] = True

@@ -37,6 +37,11 @@ class QueryConfig(ConfigModel):
     page_size: int = Field(1000, ge=1, le=100000)
     max_results: int | None = Field(None, ge=1)  # over it: a clear failure, not a cut list
     commitment_wait: float = Field(600.0, ge=0)  # storage commitment: wait for the spool
+    #: C-FIND answers hold the request's keys (PS3.4 C.4.1.1.3.2), or every attribute the
+    #: store's QIDO-RS result held, as the Java adapter answered ("store"; legacy flags).
+    return_keys: Literal["requested", "store"] = "requested"
+    #: Ask QIDO-RS for fuzzy person-name matching (``fuzzymatching=true``, PS3.18 8.3.4.5).
+    fuzzy_matching: bool = False
 
 
 class MoveDestination(ConfigModel):

@@ -84,8 +84,15 @@ def dimse_handlers(
         wait_for_upload=config.query.commitment_wait,
         is_pending=is_pending,
     )
+    find_qido = QidoClient(
+        session,
+        url,
+        page_size=config.query.page_size,
+        max_results=config.query.max_results,
+        fuzzy_matching=config.query.fuzzy_matching,
+    )
     handlers: list[tuple[EventType, Handler]] = [
-        (evt.EVT_C_FIND, FindScp(qido).on_c_find),
+        (evt.EVT_C_FIND, FindScp(find_qido, config.query.return_keys).on_c_find),
         (evt.EVT_C_MOVE, retrieve.on_c_move),
         (evt.EVT_C_GET, retrieve.on_c_get),
         (evt.EVT_N_ACTION, commitment.on_n_action),

@@ -78,14 +78,15 @@ class RetrieveScp:
 
     def _instances(self, query: QidoQuery) -> list[Instance]:
         """(study, series, instance) UIDs of every instance the identifier selects."""
-        match = dict(query.match)
+        match = dict(query.store_match)
         if query.level == "IMAGE" and "SOPInstanceUID" in match:
             wanted: set[str] | None = set(match.pop("SOPInstanceUID").split("\\"))
         else:
             wanted = None
         if query.level in ("PATIENT", "STUDY"):
             # Studies first (their matching keys are study-level), then their instances.
-            uids = [get_str(s, _STUDY) for s in self.qido.search_for_studies(match)]
+            studies = self.qido.search_for_studies(match)
+            uids = [get_str(s, _STUDY) for s in studies if query.accepts(s)]
             results = [i for uid in uids if uid for i in self.qido.search_for_instances(uid)]
         else:
             results = list(

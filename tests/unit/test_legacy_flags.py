@@ -175,3 +175,11 @@ def test_bad_aet_dictionary_is_reported() -> None:
     )
     with pytest.raises(ConfigError, match=r"importer.move_destinations\[0\].port: required"):
         load_config_data(data)
+
+
+def test_fuzzy_matching_and_java_c_find_answers_in_legacy_mode() -> None:
+    base = ["--dimse_aet=IMPORTADAPTER", "--dicomweb_address=http://127.0.0.1:8042/dicom-web"]
+    data, _ = translate([*base, "--fuzzy_matching"], "import")
+    assert data["importer"]["query"] == {"fuzzy_matching": True, "return_keys": "store"}
+    data, _ = translate(base, "import")
+    assert data["importer"]["query"] == {"return_keys": "store"}
