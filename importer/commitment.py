@@ -17,11 +17,13 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import UID
 from pynetdicom import AE, build_role
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from adapter.dicomweb.json_model import is_valid_uid
 from adapter.dicomweb.qido import QidoClient
+from adapter.dimse.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from adapter.errors import AdapterError
 from adapter.status import Status
 from importer.config import MoveDestination
@@ -167,6 +169,8 @@ class StorageCommitmentScp:
             ds.FailedSOPSequence = DicomSequence(failed)
         event_type = EVENT_SOME_FAILED if failed else EVENT_ALL_SUCCESS
         ae = AE(ae_title=self.ae_title)
+        ae.implementation_class_uid = UID(IMPLEMENTATION_CLASS_UID)
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         ae.add_requested_context(StorageCommitmentPushModel)
         role = build_role(StorageCommitmentPushModel, scp_role=True)
         assoc = ae.associate(

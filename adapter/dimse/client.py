@@ -19,10 +19,10 @@ from typing import Literal
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.dsutils import encode
 from pynetdicom.status import code_to_category
 
+from adapter.dimse.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from adapter.dimse.store_requestor import (
     AssociationAbortedError,
     AssociationRejectedError,
@@ -295,8 +295,8 @@ class StoreScu:
                 acse_timeout=acse,
                 network_timeout=self.network_timeout,
                 dimse_timeout=self.dimse_timeout,
-                implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
-                implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION,
+                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                implementation_version_name=IMPLEMENTATION_VERSION_NAME,
             )
         except ConnectFailedError:
             raise TransientError(

@@ -279,3 +279,17 @@ def test_a_small_response_goes_in_one_p_data_pdu_with_its_identifier() -> None:
     request = C_STORE_RQ()
     request.primitive_to_message(store)
     assert len(list(request.encode_msg(1, 16384))) == 2  # requests are left alone
+
+
+def test_our_implementation_identity_is_valid_and_follows_the_release() -> None:
+    import tomllib
+
+    from pydicom.uid import UID
+
+    from adapter.dimse.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+    assert UID(IMPLEMENTATION_CLASS_UID).is_valid and IMPLEMENTATION_CLASS_UID.startswith("2.25.")
+    version = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    major, minor, *_ = version["project"]["version"].split(".")
+    assert f"DICOMADAPTER_{major}_{minor}" == IMPLEMENTATION_VERSION_NAME
+    assert len(IMPLEMENTATION_VERSION_NAME) <= 16  # SH (PS3.7 D.3.3.3)
