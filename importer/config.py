@@ -37,6 +37,10 @@ class QueryConfig(ConfigModel):
     page_size: int = Field(1000, ge=1, le=100000)
     max_results: int | None = Field(None, ge=1)  # over it: a clear failure, not a cut list
     commitment_wait: float = Field(600.0, ge=0)  # storage commitment: wait for the spool
+    #: Storage commitment N-EVENT-REPORT: attempts, on a new association each, and the first
+    #: wait between them (doubled each time, at most 5 min) when the requester does not take it.
+    commitment_report_attempts: int = Field(6, ge=1, le=100)
+    commitment_report_delay: float = Field(2.0, ge=0)
     #: C-FIND answers hold the request's keys (PS3.4 C.4.1.1.3.2), or every attribute the
     #: store's QIDO-RS result held, as the Java adapter answered ("store"; legacy flags).
     return_keys: Literal["requested", "store"] = "requested"

@@ -83,6 +83,8 @@ def dimse_handlers(
         config.dimse.ae_title,
         wait_for_upload=config.query.commitment_wait,
         is_pending=is_pending,
+        report_attempts=config.query.commitment_report_attempts,
+        report_delay=config.query.commitment_report_delay,
     )
     find_qido = QidoClient(
         session,
