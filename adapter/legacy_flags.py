@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +133,78 @@ def _flag_bool(name: str, help: str, apply: Callable[[dict[str, Any], bool], Non
 
 _NOT_YET = "not supported yet"
 
+# ---------------------------------------------------------------- our own flags (legacy mode)
+#: Where a legacy-mode process listens and keeps its files: our flags, else these environment
+#: variables, else defaults that let an importer and an exporter share a host.
+OWN_ENV = {
+    "health_port": "DICOM_ADAPTER_HEALTH_PORT",
+    "state_dir": "DICOM_ADAPTER_STATE_DIR",
+    "spool_dir": "DICOM_ADAPTER_SPOOL_DIR",
+    "export_state_dir": "DICOM_ADAPTER_EXPORT_STATE_DIR",
+}
+_HEALTH_PORT = {"import": 8080, "export": 8081}
+_TMP_SPOOL = "/tmp/dicom-adapter/spool"
+
+
+def _own(name: str) -> Setter:
+    return lambda data, value: data.setdefault("_own", {}).__setitem__(name, value)
+
+
+def _own_flags(command: str) -> list[Flag]:
+    flags = [
+        _flag(
+            "health_port",
+            f"[dicom-adapter] /healthz, /readyz, /metrics port (default "
+            f"{_HEALTH_PORT[command]}; env {OWN_ENV['health_port']}).",
+            _own("health_port"),
+        ),
+        _flag(
+            "state_dir",
+            f"[dicom-adapter] State directory, the echo guard's provenance log (env "
+            f"{OWN_ENV['state_dir']}; shared by an importer and an exporter on one host).",
+            _own("state_dir"),
+        ),
+    ]
+    if command == "import":
+        flags.append(
+            _flag(
+                "spool_dir",
+                f"[dicom-adapter] Spool directory when --persistent_file_storage_location is "
+                f"not given (default {_TMP_SPOOL}; env {OWN_ENV['spool_dir']}).",
+                _own("spool_dir"),
+            )
+        )
+    else:
+        flags.append(
+            _flag(
+                "export_state_dir",
+                f"[dicom-adapter] The exporter's working directory (env "
+                f"{OWN_ENV['export_state_dir']}).",
+                _own("export_state_dir"),
+            )
+        )
+    return flags
+
+
+def _apply_own(data: dict[str, Any], own: dict[str, str], command: str) -> None:
+    """Our flags, else their environment variables, else the legacy-mode defaults."""
+    env = os.environ
+
+    def value(name: str) -> str | None:
+        return own.get(name) or env.get(OWN_ENV[name]) or None
+
+    port = value("health_port")
+    _set(data, "health.port", _int("health_port")(port) if port else _HEALTH_PORT[command])
+    if value("state_dir"):
+        _set(data, "state_dir", value("state_dir"))
+    if command == "import":
+        spool = data.get("importer", {}).get("spool", {})
+        if "path" not in spool:  # no --persistent_file_storage_location
+            _set(data, "importer.spool.path", value("spool_dir") or _TMP_SPOOL)
+    elif value("export_state_dir"):
+        _set(data, "exporter.state_dir", value("export_state_dir"))
+
+
 IMPORT_FLAGS: dict[str, Flag] = {
     f.name: f
     for f in [
@@ -226,6 +299,7 @@ IMPORT_FLAGS: dict[str, Flag] = {
             lambda d, on: _set(d, "importer.query.fuzzy_matching", on),
         ),
         _flag("gcs_backup_project_id", "GCS backup.", None),
+        *_own_flags("import"),
     ]
 }
 
@@ -281,6 +355,7 @@ EXPORT_FLAGS: dict[str, Flag] = {
                 "Stackdriver monitoring is replaced by Prometheus metrics on /metrics",
             ),
         ),
+        *_own_flags("export"),
     ]
 }
 
@@ -363,8 +438,6 @@ def translate(argv: Sequence[str], command: str) -> tuple[dict[str, Any], list[s
             raise ConfigError(
                 "--auto_ack_cstore requires --persistent_file_storage_location (a durable path)"
             )
-        if not persistent:
-            _set(data, "importer.spool.path", "/tmp/dicom-adapter/spool")
         if "retry_amount" in legacy:
             _set(data, "retry.max_attempts", legacy["retry_amount"] + 1)
         # Java semantics: a C-FIND answer holds every attribute the store's QIDO-RS result held.
@@ -385,6 +458,7 @@ def translate(argv: Sequence[str], command: str) -> tuple[dict[str, Any], list[s
                 dest.setdefault("auth", {})["kind"] = "google"
         else:
             dest["kind"] = "dimse"
+    _apply_own(data, data.pop("_own", {}), command)
     for warning in warnings:
         log.warning("legacy flag accepted with a difference: %s", warning)
     return data, warnings

@@ -37,7 +37,9 @@ from adapter.dimse.acse import NativeStorageRouter
 from adapter.dimse.contexts import COMPRESSED_TRANSFER_SYNTAXES, verification_context
 from adapter.dimse.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from adapter.dimse.pynetdicom_setup import RECEIVE_DIRS
-from adapter.dimse.storage_acceptor import StorageAssociation, StorageHandler
+from adapter.dimse.storage_acceptor import AssociationStats, StorageAssociation, StorageHandler
+from adapter.errors import ListenError
+from adapter.part10_scan import read_file_meta
 
 __all__ = ["DimseServer", "Handler", "ssl_context_for"]
 
@@ -148,12 +150,21 @@ def _peer(event: Event) -> str:
     return f"{info.address}:{info.port}"
 
 
-def _counted(service: str, handler: Handler) -> Handler:
-    """Wrap a non-generator handler to count its statuses and time it."""
+def _counted(
+    service: str, handler: Handler, stats: Callable[[Any], AssociationStats | None]
+) -> Handler:
+    """Wrap a non-generator handler to count its statuses (also per association) and time it."""
 
     def wrapper(event: Event, *args: Any) -> Any:
         start = time.perf_counter()
+        assoc_stats = stats(event.assoc)
+        if assoc_stats is not None and service == "C-STORE":
+            with contextlib.suppress(Exception):  # data set bytes, as the native acceptor
+                path = Path(event.dataset_path)
+                assoc_stats.bytes += path.stat().st_size - read_file_meta(path).data_set_offset
         result = handler(event, *args)
+        if assoc_stats is not None:
+            assoc_stats.count(service, _status_of(result))
         metrics.DIMSE_REQUEST_DURATION_SECONDS.labels(service=service).observe(
             time.perf_counter() - start
         )
@@ -213,8 +224,14 @@ class DimseServer:
         user = list(handlers)
         if evt.EVT_C_ECHO not in {event for event, _ in user}:
             user.append((evt.EVT_C_ECHO, on_c_echo))
+        self._stats: dict[Any, AssociationStats] = {}  # per established association
         self._handlers: list[tuple[EventType, Handler]] = [
-            (event, _counted(_SERVICE_OF_EVENT[event], h) if event in _SERVICE_OF_EVENT else h)
+            (
+                event,
+                _counted(_SERVICE_OF_EVENT[event], h, self._stats.get)
+                if event in _SERVICE_OF_EVENT
+                else h,
+            )
             for event, h in user
         ]
         self._handlers += [
@@ -256,12 +273,15 @@ class DimseServer:
         """Bind and serve in a background thread; returns once listening."""
         address = (self.config.bind, self.config.port)
         # What start_server does, with our server class.
-        self._server = self.ae.make_server(
-            address,
-            evt_handlers=self._handlers,  # type: ignore[arg-type]
-            ssl_context=self._ssl,
-            server_class=_ReusePortServer if self.reuse_port else _RoutingServer,
-        )
+        try:
+            self._server = self.ae.make_server(
+                address,
+                evt_handlers=self._handlers,  # type: ignore[arg-type]
+                ssl_context=self._ssl,
+                server_class=_ReusePortServer if self.reuse_port else _RoutingServer,
+            )
+        except OSError as exc:
+            raise ListenError("DIMSE listener", *address, exc) from None
         if self._native is not None:
             self._server.route = self._native.route
         self.ae._servers.append(self._server)  # as start_server does (shutdown removes it)
@@ -362,6 +382,7 @@ class DimseServer:
     def _on_established(self, event: Event) -> None:
         with self._lock:
             self._established.add(id(event.assoc))
+            self._stats[event.assoc] = AssociationStats()
         metrics.ASSOCIATIONS_ACTIVE.inc()
         calling = event.assoc.requestor.ae_title
         metrics.ASSOCIATIONS_TOTAL.labels(calling_ae=self._label(calling), outcome="accepted").inc()
@@ -396,8 +417,12 @@ class DimseServer:
         with self._lock:
             was_open = id(event.assoc) in self._established
             self._established.discard(id(event.assoc))
+            stats = self._stats.pop(event.assoc, None)
         if was_open:
             metrics.ASSOCIATIONS_ACTIVE.dec()
+        if stats is not None:
+            aborted = bool(getattr(event.assoc, "is_aborted", False))
+            stats.log_end(event.assoc.requestor.ae_title, _peer(event), aborted)
         # A data set cut off by an abort stays behind in pynetdicom's chunked file: remove it.
         message = getattr(getattr(event.assoc, "dimse", None), "message", None)
         partial = getattr(message, "_data_set_file", None)

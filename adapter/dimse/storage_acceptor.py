@@ -20,8 +20,9 @@ import struct
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -52,6 +53,7 @@ from adapter.dimse.transport import kernel_timeouts
 
 __all__ = [
     "AcceptorSettings",
+    "AssociationStats",
     "StorageAssociation",
     "StorageHandler",
     "StoreRequest",
@@ -139,6 +141,34 @@ def file_meta(request: StoreRequest, implementation_uid: str, implementation_ver
     return bytes(128) + b"DICM" + length + body
 
 
+@dataclass
+class AssociationStats:
+    """What one association did, for its one INFO line at the end (both acceptor paths)."""
+
+    started: float = field(default_factory=time.monotonic)
+    instances: int = 0
+    bytes: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+
+    def count(self, service: str, status: int) -> None:
+        if service == "C-STORE":
+            self.instances += 1
+        self.statuses[f"{service} 0x{status & 0xFFFF:04X}"] += 1
+
+    def log_end(self, calling_ae: str, peer: str, aborted: bool) -> None:
+        statuses = ", ".join(f"{k} x{n}" for k, n in sorted(self.statuses.items())) or "none"
+        log.info(
+            "association from %s %s: %d instance(s), %d bytes in %.2fs; statuses: %s",
+            calling_ae,
+            "aborted" if aborted else "ended",
+            self.instances,
+            self.bytes,
+            time.monotonic() - self.started,
+            statuses,
+            extra={"calling_ae": calling_ae, "peer": peer},
+        )
+
+
 class StorageAssociation:
     """One accepted association: answers C-STORE and C-ECHO until release or abort."""
 
@@ -176,6 +206,7 @@ class StorageAssociation:
         self._started = 0.0
         self.closed = threading.Event()
         self.aborted_by_peer = False
+        self.stats = AssociationStats()
 
     # ------------------------------------------------------------------ lifecycle
     def serve(self) -> None:
@@ -211,6 +242,7 @@ class StorageAssociation:
             self.closed.set()
             with contextlib.suppress(OSError):
                 self.sock.close()
+            self.stats.log_end(self.calling_ae, self.peer, self.aborted_by_peer)
 
     def abort(self) -> None:
         """From another thread (shutdown): A-ABORT and close; the serving thread then ends."""
@@ -371,6 +403,7 @@ class StorageAssociation:
             if count == 0:
                 raise EOFError("peer closed the connection in a data set")
             left -= count
+            self.stats.bytes += count
             if self._sink is not None:
                 try:
                     self._write_all(view[:count])
@@ -419,6 +452,7 @@ class StorageAssociation:
         self, context_id: int, command: bytes, service: str, status: int, started: float
     ) -> None:
         self._send(encode_p_data(context_id, command, self.request.max_pdu_length))
+        self.stats.count(service, status)
         metrics.DIMSE_REQUEST_DURATION_SECONDS.labels(service=service).observe(
             time.perf_counter() - started
         )

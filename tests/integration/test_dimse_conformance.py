@@ -8,6 +8,7 @@ The adapter runs as a subprocess (as deployed) in front of the session Orthanc.
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -164,3 +165,125 @@ def test_received_files_carry_our_implementation_class_uid_in_their_file_meta(
         IMPL_UID,
         IMPL_VERSION,
     )
+
+
+# ------------------------------------------------------------------ item 9: operability
+def test_a_port_in_use_is_named_in_one_line(orthanc: OrthancPeer, tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    import yaml
+
+    from tests.peers.ports import free_port
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = site(orthanc.dicomweb_url, bind="127.0.0.1", port=port)
+        config.update(
+            health={"bind": "127.0.0.1", "port": free_port()},
+            state_dir=str(tmp_path / "state"),
+            log={"format": "text"},
+        )
+        config["importer"]["spool"] = {"path": str(tmp_path / "spool")}
+        path = tmp_path / "site.yaml"
+        path.write_text(yaml.safe_dump(config))
+        run = subprocess.run(
+            [sys.executable, "-m", "adapter.cli", "run", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert run.returncode != 0
+    out = run.stdout + run.stderr
+    assert f"DIMSE listener: cannot listen on 127.0.0.1:{port}: address already in use" in out
+    assert "Traceback" not in out and "Errno" not in out, out
+
+
+def test_legacy_importer_and_exporter_run_side_by_side(
+    orthanc: OrthancPeer, pubsub_emulator: Any, tmp_path: Path
+) -> None:
+    """Both with the Java flags on one host: own health ports, own spool and working
+    directories, one shared state directory (the echo guard's provenance log)."""
+    import requests
+
+    from tests.peers.ports import free_port
+
+    name = f"side-{secrets.token_hex(4)}"
+    pubsub_emulator.create_topic(name)
+    pubsub_emulator.create_subscription(name, name)
+    shared = {
+        "DICOM_ADAPTER_STATE_DIR": str(tmp_path / "state"),
+        **pubsub_emulator.env(),
+    }
+    dimse_port, import_health, export_health = free_port(), free_port(), free_port()
+    importer = AdapterProcess(
+        None,
+        tmp_path,
+        name="legacy-import",
+        argv=[
+            f"--dimse_aet={AET}",
+            f"--dimse_port={dimse_port}",
+            f"--dicomweb_address={orthanc.dicomweb_url}",
+            f"--health_port={import_health}",
+            f"--spool_dir={tmp_path / 'spool'}",
+        ],
+        dimse_port=dimse_port,
+        env=shared,
+    )
+    exporter = AdapterProcess(
+        None,
+        tmp_path,
+        name="legacy-export",
+        argv=[
+            "export",
+            "--peer_dimse_aet=PACS",
+            "--peer_dimse_ip=127.0.0.1",
+            f"--peer_dimse_port={free_port()}",
+            f"--project_id={pubsub_emulator.project}",
+            f"--subscription_id={name}",
+            f"--dicomweb_addr={orthanc.dicomweb_url}",
+        ],
+        env={
+            **shared,
+            "DICOM_ADAPTER_HEALTH_PORT": str(export_health),
+            "DICOM_ADAPTER_EXPORT_STATE_DIR": str(tmp_path / "export"),
+        },
+    )
+    with importer.start(), exporter.start():
+        for port in (import_health, export_health):
+            wait_until(lambda p=port: _healthy(requests, p), timeout=30, what=f"/healthz on {port}")
+        [file] = make_ct_series(tmp_path / "ct", 1, rows=8, cols=8)
+        assert dcmtk.storescu(dimse_port, [file], called_aet=AET).ok
+        assert importer.is_running and exporter.is_running
+    assert (tmp_path / "state" / "provenance.sqlite").exists()
+    assert (tmp_path / "spool").is_dir() and (tmp_path / "export").is_dir()
+
+
+def _healthy(requests: Any, port: int) -> bool:
+    try:
+        return bool(requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok)
+    except requests.RequestException:
+        return False
+
+
+@pytest.mark.parametrize("native_storage", [True, False])
+def test_one_info_line_per_association(
+    start_adapter: Callable[..., AdapterProcess],
+    orthanc: OrthancPeer,
+    tmp_path: Path,
+    native_storage: bool,
+) -> None:
+    proc = start_adapter(site(orthanc.dicomweb_url, native_storage=native_storage))
+    files = make_ct_series(tmp_path / "ct", 3, rows=8, cols=8)
+    assert dcmtk.storescu(proc.port, files, aet="OPSPACS", called_aet=AET).ok
+    line = proc.wait_for_log(r"association from OPSPACS ended: [^\"]*").group(0)
+    from adapter.part10_scan import read_file_meta
+
+    size = sum(p.stat().st_size - read_file_meta(p).data_set_offset for p in files)
+    assert f"3 instance(s), {size} bytes in " in line, line
+    assert line.endswith("; statuses: C-STORE 0x0000 x3"), line
+    [record] = [r for r in proc.log_records() if r["message"] == line]
+    assert record["severity"] == "INFO" and record["calling_ae"] == "OPSPACS"
