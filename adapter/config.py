@@ -193,7 +193,7 @@ class DimseServerConfig(ConfigModel):
     #: DicomCheckCalledAet does; false accepts any called AE title.
     check_called_aet: bool = True
     max_associations: int = Field(32, ge=1, le=1024)
-    maximum_pdu_size: int = Field(0, ge=0)  # 0 = unlimited
+    maximum_pdu_size: int = Field(262144, ge=0)  # what we receive (PS3.8 D.1); 0 = unlimited
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(120.0, gt=0)
     network_timeout: float = Field(120.0, gt=0)

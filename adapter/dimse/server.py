@@ -100,6 +100,7 @@ class _RoutingServer(ThreadedAssociationServer):
     route: Callable[[socket.socket, tuple[str, int]], bool] | None = None
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 128  # listen(2) backlog; socketserver's default of 5 drops bursts
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         route = self.route

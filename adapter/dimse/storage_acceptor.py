@@ -40,6 +40,7 @@ from adapter.dimse.command_set import (
 from adapter.dimse.contexts import VERIFICATION_SOP_CLASS
 from adapter.dimse.pdu import (
     A_ABORT,
+    A_ASSOCIATE_RQ,
     A_RELEASE_RQ,
     ACCEPTANCE,
     P_DATA_TF,
@@ -229,7 +230,7 @@ class StorageAssociation:
                 self.settings.network_timeout,
                 extra={"calling_ae": self.calling_ae, "peer": self.peer},
             )
-            self._abort_quietly(reason=0)
+            self._abort_quietly()
         except (ConnectionError, EOFError, OSError) as exc:
             if not self.closed.is_set():
                 log.info(
@@ -246,13 +247,17 @@ class StorageAssociation:
 
     def abort(self) -> None:
         """From another thread (shutdown): A-ABORT and close; the serving thread then ends."""
-        self._abort_quietly(reason=0)
+        self._abort_quietly()
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
 
-    def _abort_quietly(self, reason: int) -> None:
+    def _abort_quietly(self, reason: int | None = None) -> None:
+        """A-ABORT (PS3.8 9.3.8): an abort we decide on (timeout, shutdown, a DIMSE message we
+        do not serve) comes from the service user, source 0; a protocol error from the service
+        provider, source 2, with its reason (1 unrecognized PDU, 2 unexpected PDU)."""
+        source, why = (0, 0) if reason is None else (2, reason)
         with contextlib.suppress(OSError):
-            self._send(encode_abort(source=2, reason=reason))
+            self._send(encode_abort(source=source, reason=why))
 
     def _send(self, data: bytes) -> None:
         with self._send_lock:
@@ -292,7 +297,8 @@ class StorageAssociation:
                     kind,
                     extra={"calling_ae": self.calling_ae, "peer": self.peer},
                 )
-                self._abort_quietly(reason=2)
+                known = A_ASSOCIATE_RQ <= kind <= A_ABORT  # PS3.8 9.3.1
+                self._abort_quietly(reason=2 if known else 1)
                 self.closed.set()
                 return
 
@@ -330,11 +336,11 @@ class StorageAssociation:
                 exc,
                 extra={"calling_ae": self.calling_ae, "peer": self.peer},
             )
-            self._abort_quietly(reason=0)
+            self._abort_quietly()
             raise EOFError(str(exc)) from None
         accepted = self.accepted.get(context_id)
         if accepted is None:
-            self._abort_quietly(reason=0)
+            self._abort_quietly()
             raise EOFError(f"DIMSE message on presentation context {context_id}, not accepted")
         if command.command_field == C_ECHO_RQ and not command.has_data_set:
             self._respond(context_id, encode_c_echo_rsp(command), "C-ECHO", 0, time.perf_counter())
@@ -345,7 +351,7 @@ class StorageAssociation:
                 command.command_field,
                 extra={"calling_ae": self.calling_ae, "peer": self.peer},
             )
-            self._abort_quietly(reason=0)
+            self._abort_quietly()
             raise EOFError("unsupported DIMSE command")
         self._start_store(command, context_id, accepted)
 
@@ -394,7 +400,7 @@ class StorageAssociation:
 
     def _on_data(self, context_id: int, length: int, is_last: bool) -> None:
         if self._message is None or context_id != self._message_context:
-            self._abort_quietly(reason=0)
+            self._abort_quietly()
             raise EOFError("data set fragment without its command")
         view, sock = self._view, self.sock
         left = length

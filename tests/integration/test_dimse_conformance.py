@@ -287,3 +287,41 @@ def test_one_info_line_per_association(
     assert line.endswith("; statuses: C-STORE 0x0000 x3"), line
     [record] = [r for r in proc.log_records() if r["message"] == line]
     assert record["severity"] == "INFO" and record["calling_ae"] == "OPSPACS"
+
+
+# ------------------------------------------------------------------ item 7: upper layer
+def test_both_paths_announce_a_bounded_maximum_pdu_length(
+    adapter: AdapterProcess, tmp_path: Path
+) -> None:
+    [file] = make_ct_series(tmp_path / "ct", 1, rows=8, cols=8)
+    native = dcmtk.storescu(adapter.port, [file], called_aet=AET, extra_args=["-d"])
+    full = dcmtk.findscu(adapter.port, {"PatientID": "NOBODY"}, called_aet=AET, extra_args=["-d"])
+    for result in (native, full):
+        sizes = re.findall(r"Their Max PDU Receive Size:[ \t]*(\d+)", result.output)
+        assert sizes and sizes[-1] == "262144", result.output
+
+
+def test_an_unrecognized_pdu_type_is_aborted_by_the_provider_with_reason_1(
+    adapter: AdapterProcess,
+) -> None:
+    import socket
+    import struct
+
+    from adapter.dimse.pdu import encode_associate_rq
+
+    rq = encode_associate_rq(
+        AET,
+        "RAWSCU",
+        [(1, "1.2.840.10008.1.1", ("1.2.840.10008.1.2",))],
+        max_pdu_length=16384,
+        implementation_class_uid="1.2.3.4",
+        implementation_version_name="RAW",
+    )
+    with socket.create_connection(("127.0.0.1", adapter.port), timeout=10) as sock:
+        sock.sendall(rq)
+        kind, _, length = struct.unpack(">BBL", sock.recv(6, socket.MSG_WAITALL))
+        assert kind == 0x02  # A-ASSOCIATE-AC
+        sock.recv(length, socket.MSG_WAITALL)
+        sock.sendall(struct.pack(">BBL", 0x09, 0, 4) + bytes(4))  # no such PDU type
+        abort = sock.recv(10, socket.MSG_WAITALL)
+    assert abort[0] == 0x07 and (abort[8], abort[9]) == (2, 1), abort.hex()
