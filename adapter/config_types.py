@@ -173,8 +173,12 @@ class DimseServerConfig(ConfigModel):
     bind: str = "0.0.0.0"
     port: Port = 2575
     allowed_calling_aets: tuple[AeTitle, ...] = ()  # empty = any calling AE
+    #: Refuse an association whose Called AE Title is not ``ae_title`` (A-ASSOCIATE-RJ
+    #: permanent, service user, "called AE title not recognized", PS3.8 9.3.4), as Orthanc's
+    #: DicomCheckCalledAet does; false accepts any called AE title.
+    check_called_aet: bool = True
     max_associations: int = Field(32, ge=1, le=1024)
-    maximum_pdu_size: int = Field(0, ge=0)  # 0 = unlimited
+    maximum_pdu_size: int = Field(262144, ge=0)  # what we receive (PS3.8 D.1); 0 = unlimited
     acse_timeout: float = Field(30.0, gt=0)
     dimse_timeout: float = Field(120.0, gt=0)
     network_timeout: float = Field(120.0, gt=0)

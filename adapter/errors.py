@@ -4,11 +4,12 @@ AdapterError
 +-- ConfigError            bad YAML / flags; names the key path
 +-- TransientError         worth retrying later (network, timeout, 408, 429, 5xx, PACS busy)
 +-- PermanentError         retrying will not help (4xx, rejected dataset, refused SOP class)
++-- ListenError            a listener cannot bind its address (names address and port)
 """
 
 from __future__ import annotations
 
-__all__ = ["AdapterError", "ConfigError", "PermanentError", "TransientError"]
+__all__ = ["AdapterError", "ConfigError", "ListenError", "PermanentError", "TransientError"]
 
 
 class AdapterError(Exception):
@@ -50,3 +51,12 @@ class PermanentError(AdapterError):
         super().__init__(message)
         self.http_status = http_status
         self.failure_reason = failure_reason
+
+
+class ListenError(AdapterError, OSError):
+    """A listener (DIMSE, health) cannot bind: one line naming what, address and port."""
+
+    def __init__(self, what: str, bind: str, port: int, exc: OSError) -> None:
+        reason = (exc.strerror or str(exc)).lower()
+        super().__init__(f"{what}: cannot listen on {bind}:{port}: {reason}")
+        self.bind, self.port = bind, port

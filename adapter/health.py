@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from adapter import metrics
+from adapter.errors import ListenError
 
 __all__ = ["HealthServer", "ReadinessCheck"]
 
@@ -132,7 +133,10 @@ class HealthServer:
         with self._lock:
             if self._server is not None:
                 return self
-            server = _Server((self._bind, self._requested_port), self._readiness)
+            try:
+                server = _Server((self._bind, self._requested_port), self._readiness)
+            except OSError as exc:
+                raise ListenError("health server", self._bind, self._requested_port, exc) from None
             thread = threading.Thread(
                 target=server.serve_forever,
                 kwargs={"poll_interval": 0.2},

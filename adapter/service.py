@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Protocol, runtime_checkable
 
+from adapter.errors import ListenError
+
 __all__ = ["Service", "Supervisor"]
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,10 @@ class Supervisor:
             log.info("starting %s", service.name)
             try:
                 service.start()
+            except ListenError as exc:  # one line: the address and port say it all
+                log.error("%s failed to start: %s", service.name, exc)
+                self.stop()
+                raise
             except BaseException:
                 log.exception("%s failed to start", service.name)
                 self.stop()

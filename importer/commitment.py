@@ -17,11 +17,13 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
+from pydicom.uid import UID
 from pynetdicom import AE, build_role
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
 from adapter.dicomweb.json_model import is_valid_uid
 from adapter.dicomweb.qido import QidoClient
+from adapter.dimse.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from adapter.errors import AdapterError
 from adapter.status import Status
 from importer.config import MoveDestination
@@ -45,10 +47,19 @@ class CommitmentRequest:
     references: tuple[tuple[str, str], ...]  # (SOP Class UID, SOP Instance UID)
 
 
-def _reference(sop_class: str, sop_instance: str, reason: int | None = None) -> Dataset:
+def _reference(
+    sop_class: str,
+    sop_instance: str,
+    reason: int | None = None,
+    retrieve_ae: str | None = None,
+) -> Dataset:
+    """An item of the Referenced or Failed SOP Sequence (PS3.4 J.3.3.1); a committed one names
+    the AE it can be retrieved from (Retrieve AE Title, C.14.1)."""
     item = Dataset()
     item.ReferencedSOPClassUID = sop_class
     item.ReferencedSOPInstanceUID = sop_instance
+    if retrieve_ae is not None:
+        item.RetrieveAETitle = retrieve_ae
     if reason is not None:
         item.FailureReason = reason
     return item
@@ -65,13 +76,20 @@ class StorageCommitmentScp:
         wait_for_upload: float = 600.0,
         poll_interval: float = 2.0,
         is_pending: Callable[[str], bool] | None = None,
+        report_attempts: int = 6,
+        report_delay: float = 2.0,
     ) -> None:
+        """``report_attempts``/``report_delay``: an N-EVENT-REPORT the requester does not take
+        (not reachable, rejected, failure status) is sent again on a new association, waiting
+        ``report_delay`` seconds, doubled each time (at most 5 min), between attempts."""
         self.qido = qido
         self.destinations = dict(destinations)
         self.ae_title = ae_title
         self.wait_for_upload = wait_for_upload
         self.poll_interval = poll_interval
         self.is_pending = is_pending  # True while the spool still holds the instance
+        self.report_attempts = max(1, report_attempts)
+        self.report_delay = report_delay
         self._threads: set[threading.Thread] = set()
         self._stop = threading.Event()
 
@@ -133,7 +151,7 @@ class StorageCommitmentScp:
                 except AdapterError:
                     ok = False
                 if ok:
-                    committed.append(_reference(sop_class, sop_instance))
+                    committed.append(_reference(sop_class, sop_instance, None, self.ae_title))
                 else:
                     still.append((sop_class, sop_instance))
             missing = still
@@ -146,7 +164,26 @@ class StorageCommitmentScp:
     def _commit(self, request: CommitmentRequest) -> None:
         try:
             committed, failed = self.check(request)
-            self.report(request, committed, failed)
+            delay = self.report_delay
+            for attempt in range(1, self.report_attempts + 1):
+                if self.report(request, committed, failed) == Status.SUCCESS:
+                    return
+                if attempt == self.report_attempts or self._stop.wait(delay):
+                    break
+                log.info(
+                    "storage commitment: report attempt %d of %d failed; again in %gs",
+                    attempt,
+                    self.report_attempts,
+                    delay,
+                    extra={"calling_ae": request.requester_ae},
+                )
+                delay = min(delay * 2, 300.0)
+            log.error(
+                "storage commitment: report for transaction %s not delivered after %d attempts",
+                request.transaction_uid,
+                self.report_attempts,
+                extra={"calling_ae": request.requester_ae},
+            )
         except Exception:
             log.exception(
                 "storage commitment report failed", extra={"calling_ae": request.requester_ae}
@@ -161,12 +198,15 @@ class StorageCommitmentScp:
         destination = self.destinations[request.requester_ae]
         ds = Dataset()
         ds.TransactionUID = request.transaction_uid
+        ds.RetrieveAETitle = self.ae_title  # also at the top level, as the Java adapter sends it
         if committed:
             ds.ReferencedSOPSequence = DicomSequence(committed)
         if failed:
             ds.FailedSOPSequence = DicomSequence(failed)
         event_type = EVENT_SOME_FAILED if failed else EVENT_ALL_SUCCESS
         ae = AE(ae_title=self.ae_title)
+        ae.implementation_class_uid = UID(IMPLEMENTATION_CLASS_UID)
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         ae.add_requested_context(StorageCommitmentPushModel)
         role = build_role(StorageCommitmentPushModel, scp_role=True)
         assoc = ae.associate(
@@ -184,7 +224,8 @@ class StorageCommitmentScp:
                 ds, event_type, StorageCommitmentPushModel, STORAGE_COMMITMENT_INSTANCE
             )
         finally:
-            assoc.release()
+            if assoc.is_established:
+                assoc.release()
         code = int(getattr(status, "Status", -1))
         log.info(
             "storage commitment reported: %d committed, %d failed (0x%04X)",

@@ -64,6 +64,15 @@ class QueryConfig(ConfigModel):
     #: Calling AE title of the associations that carry C-MOVE sub-operations to the move
     #: destination (unset: ``importer.dimse.ae_title``); the Java ``--dimse_cmove_aet``.
     move_calling_ae_title: AeTitle | None = None
+    #: Storage commitment N-EVENT-REPORT: attempts, on a new association each, and the first
+    #: wait between them (doubled each time, at most 5 min) when the requester does not take it.
+    commitment_report_attempts: int = Field(6, ge=1, le=100)
+    commitment_report_delay: float = Field(2.0, ge=0)
+    #: C-FIND answers hold the request's keys (PS3.4 C.4.1.1.3.2), or every attribute the
+    #: store's QIDO-RS result held, as the Java adapter answered ("store"; legacy flags).
+    return_keys: Literal["requested", "store"] = "requested"
+    #: Ask QIDO-RS for fuzzy person-name matching (``fuzzymatching=true``, PS3.18 8.3.4.5).
+    fuzzy_matching: bool = False
 
 
 class MoveDestination(ConfigModel):

@@ -98,9 +98,18 @@ def dimse_handlers(
         config.dimse.ae_title,
         wait_for_upload=config.query.commitment_wait,
         is_pending=is_pending,
+        report_attempts=config.query.commitment_report_attempts,
+        report_delay=config.query.commitment_report_delay,
+    )
+    find_qido = QidoClient(
+        session,
+        url,
+        page_size=config.query.page_size,
+        max_results=config.query.max_results,
+        fuzzy_matching=config.query.fuzzy_matching,
     )
     handlers: list[tuple[EventType, Handler]] = [
-        (evt.EVT_C_FIND, FindScp(qido).on_c_find),
+        (evt.EVT_C_FIND, FindScp(find_qido, config.query.return_keys).on_c_find),
         (evt.EVT_C_MOVE, retrieve.on_c_move),
         (evt.EVT_C_GET, retrieve.on_c_get),
         (evt.EVT_N_ACTION, commitment.on_n_action),
@@ -227,6 +236,7 @@ class ImporterPlugin:
             [*store.handlers(), *handlers],
             importer_contexts(),
             receive_dir=spool.incoming_dir,
+            require_called_aet=config.dimse.check_called_aet,
             storage_handler=store,
         )
         return [*first, *built.deliveries, routing, _CommitmentReports(commitment), server]

@@ -222,6 +222,7 @@ def run_receiver(
             [*store.handlers(), *handlers],
             importer_contexts(),
             receive_dir=spool.incoming_dir,
+            require_called_aet=config.dimse.check_called_aet,
             name=f"dimse-receiver-{index}",
             reuse_port=True,
             storage_handler=store,

@@ -2,7 +2,10 @@
 to a temporary file, and pynetdicom C-STOREs the file (to the move destination over a new
 association, or back over the same association for C-GET).
 
-One instance is on disk at a time and none is decoded, so memory stays flat whatever the size.
+One instance is on disk at a time. An instance that cannot be fetched is a failed sub-operation
+and the retrieve goes on; pynetdicom keeps the counts, sends Pending responses with them and the
+final status (0x0000, 0xB000 with the Failed SOP Instance UID List, 0xA702 when all failed) and
+honours C-CANCEL (0xFE00), PS3.4 C.4.2.1.5, C.4.3.1.4.
 Move destinations come from ``importer.move_destinations`` (the Java ``--aet_dictionary``).
 """
 
@@ -17,6 +20,7 @@ from typing import Any
 
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pynetdicom import build_context
 from pynetdicom.presentation import PresentationContext
 
@@ -37,6 +41,17 @@ log = logging.getLogger(__name__)
 _STUDY, _SERIES, _SOP, _SOP_CLASS = "0020000D", "0020000E", "00080018", "00080016"
 _MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: at most 128 presentation contexts per association
 Instance = tuple[str, str, str, str]  # study, series, SOP instance, SOP class UIDs
+
+
+class FailedSubOperation(Dataset):
+    """Stands for an instance that could not be fetched from the store: yielded as Pending,
+    pynetdicom's C-STORE of it fails before anything is sent (no SOP Class UID), so the
+    sub-operation is counted as failed, its SOP Instance UID goes into the Failed SOP Instance
+    UID List (PS3.4 C.4.2.1.5, C.4.3.1.4) and the retrieve goes on with the next instance."""
+
+    def __init__(self, sop_instance_uid: str) -> None:
+        super().__init__()
+        self.SOPInstanceUID = sop_instance_uid
 
 
 def _failure(status: Status, comment: str) -> Dataset:
@@ -65,14 +80,15 @@ class RetrieveScp:
 
     def _instances(self, query: QidoQuery) -> list[Instance]:
         """(study, series, instance) UIDs of every instance the identifier selects."""
-        match = dict(query.match)
+        match = dict(query.store_match)
         if query.level == "IMAGE" and "SOPInstanceUID" in match:
             wanted: set[str] | None = set(match.pop("SOPInstanceUID").split("\\"))
         else:
             wanted = None
         if query.level in ("PATIENT", "STUDY"):
             # Studies first (their matching keys are study-level), then their instances.
-            uids = [get_str(s, _STUDY) for s in self.qido.search_for_studies(match)]
+            studies = self.qido.search_for_studies(match)
+            uids = [get_str(s, _STUDY) for s in studies if query.accepts(s)]
             results = [i for uid in uids if uid for i in self.qido.search_for_instances(uid)]
         else:
             results = list(
@@ -105,31 +121,42 @@ class RetrieveScp:
         self,
         instances: list[Instance],
         service: str,
-        calling_ae: str,
+        event: Any,
         accepted: set[tuple[str, str]] | None = None,
     ) -> Iterator[tuple[int | Dataset, Dataset | None]]:
-        """Yield (Pending, dataset) per instance, fetched one at a time to disk.
+        """Yield (Pending, dataset) per instance, fetched one at a time to disk; an instance
+        that cannot be fetched is a failed sub-operation, never the end of the retrieve.
 
         pynetdicom 3 sends sub-operations from a Dataset, so one instance at a time is held in
         memory. With ``accepted`` (C-GET: the requestor's (SOP class, syntax) pairs) a compressed
         instance the requestor cannot take is decompressed first.
         """
+        extra = {"calling_ae": event.assoc.requestor.ae_title}
+
+        def is_cancelled() -> bool:
+            return bool(getattr(event, "is_cancelled", False))
+
         workdir = Path(tempfile.mkdtemp(prefix="retrieve-", dir=self.tmp_dir))
         try:
             for study, series, sop, _sop_class in instances:
+                if is_cancelled():  # C-CANCEL (PS3.7 9.3.3.3): pynetdicom answers 0xFE00
+                    log.info("%s cancelled by the requestor", service, extra=extra)
+                    yield Status.CANCEL, None
+                    return
                 path = workdir / "instance.dcm"
                 try:
                     self.wado.retrieve_instance(study, series, sop, path)
-                except AdapterError as exc:
+                    ds = pydicom.dcmread(path)
+                except (AdapterError, OSError, InvalidDicomError) as exc:
                     log.warning(
-                        "%s: cannot fetch instance: %s",
+                        "%s: cannot fetch instance (sub-operation failed): %s",
                         service,
                         exc,
-                        extra={"sop_instance_uid": sop, "calling_ae": calling_ae},
+                        extra={"sop_instance_uid": sop, **extra},
                     )
-                    yield Status.UNABLE_TO_PROCESS, None  # counted as a failed sub-operation
+                    path.unlink(missing_ok=True)
+                    yield Status.PENDING, FailedSubOperation(sop)
                     continue
-                ds = pydicom.dcmread(path)
                 path.unlink(missing_ok=True)
                 syntax = str(ds.file_meta.TransferSyntaxUID)
                 if (
@@ -145,7 +172,7 @@ class RetrieveScp:
                             service,
                             syntax,
                             exc,
-                            extra={"sop_instance_uid": sop, "calling_ae": calling_ae},
+                            extra={"sop_instance_uid": sop, **extra},
                         )
                 yield Status.PENDING, ds
         finally:
@@ -201,7 +228,7 @@ class RetrieveScp:
             extra={"calling_ae": calling_ae},
         )
         yield len(prepared)
-        yield from self._fetched(prepared, "C-MOVE", calling_ae)
+        yield from self._fetched(prepared, "C-MOVE", event)
 
     def on_c_get(self, event: Any) -> Iterator[Any]:
         """Yield the sub-operation count, then (status, file) pairs sent on this association."""
@@ -218,7 +245,7 @@ class RetrieveScp:
             for cx in event.assoc.accepted_contexts
             if cx.transfer_syntax
         }
-        yield from self._fetched(prepared, "C-GET", calling_ae, accepted)
+        yield from self._fetched(prepared, "C-GET", event, accepted)
 
 
 def _move_contexts(instances: list[Instance]) -> list[PresentationContext]:

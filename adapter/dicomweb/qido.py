@@ -6,6 +6,11 @@ Paging stops on a short page -- unless the server added the PS3.18 10.6.3.3 ``Wa
 (``max_results``) raises QidoResultLimitError instead of quietly dropping the rest.
 Orthanc 1.10 + DICOMweb 1.7 answers an empty search with 200 and ``[]`` (not 204); both are
 handled.
+
+The query string is encoded by hand: the wildcards ``*`` and ``?`` (PS3.18 8.3.4.1, PS3.4
+C.2.2.2.4) go as they are -- Orthanc 1.10 does not decode ``%2A``/``%3F`` and would match them
+literally -- and everything else is percent-encoded (RFC 3986), which both Orthanc and the
+Healthcare API decode. ``fuzzy_matching`` adds ``fuzzymatching=true`` (PS3.18 8.3.4.5).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 from collections.abc import Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -21,10 +27,11 @@ from adapter.dicomweb.json_model import is_dicom_json_object, validate_uid
 from adapter.dicomweb.session import error_for_response, send
 from adapter.errors import PermanentError
 
-__all__ = ["QidoClient", "QidoResultLimitError"]
+__all__ = ["QidoClient", "QidoResultLimitError", "query_string"]
 
 _NO_MATCH: Mapping[str, str] = MappingProxyType({})
-_RESERVED = {"limit", "offset", "includefield"}
+_RESERVED = {"limit", "offset", "includefield", "fuzzymatching"}
+_WILDCARDS = "*?"  # sent unencoded: see the module docstring
 
 
 class QidoResultLimitError(PermanentError):
@@ -40,6 +47,7 @@ class QidoClient:
         base_url: str,
         page_size: int = 1000,
         max_results: int | None = None,
+        fuzzy_matching: bool = False,
     ) -> None:
         if page_size < 1:
             raise ValueError("page_size must be >= 1")
@@ -47,6 +55,7 @@ class QidoClient:
         self._base = base_url.rstrip("/")
         self.page_size = page_size
         self.max_results = max_results
+        self.fuzzy_matching = fuzzy_matching
 
     def search_for_studies(
         self,
@@ -108,6 +117,8 @@ class QidoClient:
         params: list[tuple[str, str]] = [(str(k), str(v)) for k, v in match.items()]
         if includefield:
             params.append(("includefield", ",".join(includefield)))
+        if self.fuzzy_matching:
+            params.append(("fuzzymatching", "true"))
         return self._pages(f"{self._base}/{path}", params, limit)
 
     def _pages(
@@ -146,9 +157,8 @@ class QidoClient:
         with send(
             self._session,
             "GET",
-            url,
+            f"{url}?{query_string(params)}",
             what,
-            params=params,
             headers={"Accept": "application/dicom+json"},
         ) as response:
             if response.status_code == 204:
@@ -166,3 +176,8 @@ class QidoClient:
         if not isinstance(payload, list) or not all(is_dicom_json_object(o) for o in payload):
             raise PermanentError(f"{what}: answer is not a DICOM JSON array")
         return payload, more
+
+
+def query_string(params: Sequence[tuple[str, str]]) -> str:
+    """``key=value&...`` with the DICOM wildcards left as they are, all else percent-encoded."""
+    return "&".join(f"{quote(k, safe='')}={quote(v, safe=_WILDCARDS)}" for k, v in params)

@@ -19,10 +19,10 @@ from typing import Literal
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
 from pynetdicom.dsutils import encode
 from pynetdicom.status import code_to_category
 
+from adapter.dimse.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from adapter.dimse.store_requestor import (
     AssociationAbortedError,
     AssociationRejectedError,
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 FALLBACK_TRANSFER_SYNTAXES: tuple[UID, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: odd context IDs 1-255
+MAX_PDU_LENGTH = 262144  # what we receive (PS3.8 D.1): responses are a few hundred bytes
 # Processing failure, resource limitation, cancel: worth another try (bounded by the caller).
 _TRANSIENT_FAILURES = frozenset({0x0110, 0x0213, 0xFE00})
 
@@ -295,8 +296,9 @@ class StoreScu:
                 acse_timeout=acse,
                 network_timeout=self.network_timeout,
                 dimse_timeout=self.dimse_timeout,
-                implementation_class_uid=PYNETDICOM_IMPLEMENTATION_UID,
-                implementation_version_name=PYNETDICOM_IMPLEMENTATION_VERSION,
+                max_pdu_length=MAX_PDU_LENGTH,
+                implementation_class_uid=IMPLEMENTATION_CLASS_UID,
+                implementation_version_name=IMPLEMENTATION_VERSION_NAME,
             )
         except ConnectFailedError:
             raise TransientError(

@@ -3,7 +3,7 @@
 A pynetdicom AE with our AE title, calling-AE allow-list, association limit, timeouts and
 optional TLS (PS3.15 B.1); TCP_NODELAY on every accepted socket (without it each DIMSE response
 waits ~40 ms for a delayed ACK, see shared/PERFORMANCE-NOTES.md). pynetdicom's process-global
-``_config`` is set here and only here.
+``_config`` and the internals we replace are set in :mod:`adapter.dimse.pynetdicom_setup`.
 """
 
 from __future__ import annotations
@@ -12,24 +12,21 @@ import contextlib
 import logging
 import socket
 import ssl
-import tempfile
 import threading
 import time
-import warnings
-import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import pynetdicom.dimse_messages
 from pydicom.dataset import Dataset
 from pydicom.uid import (
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.events import Event, EventType
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
@@ -38,38 +35,17 @@ from adapter import metrics
 from adapter.config import DimseServerConfig, TlsConfig
 from adapter.dimse.acse import NativeStorageRouter
 from adapter.dimse.contexts import COMPRESSED_TRANSFER_SYNTAXES, verification_context
-from adapter.dimse.storage_acceptor import StorageAssociation, StorageHandler
+from adapter.dimse.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from adapter.dimse.pynetdicom_setup import RECEIVE_DIRS
+from adapter.dimse.storage_acceptor import AssociationStats, StorageAssociation, StorageHandler
+from adapter.errors import ListenError
+from adapter.part10_scan import read_file_meta
 
 __all__ = ["DimseServer", "Handler", "ssl_context_for"]
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[..., Any]
-
-# ------------------------------------------------------------------ pynetdicom, set once
-# Receive C-STORE data sets straight into a file (no decode, flat memory): event.dataset_path.
-_config.STORE_RECV_CHUNKED_DATASET = True
-# Send a Part-10 file given by path as its raw data set, in PDU-sized chunks, never decoded
-# (C-MOVE/C-GET sub-operations, the exporter's C-STORE SCU); needs an exact-syntax context.
-_config.STORE_SEND_CHUNKED_DATASET = True
-
-#: AE -> directory for its chunked C-STORE files, so they land on the spool's filesystem and
-#: can be renamed into the spool instead of copied.
-_RECEIVE_DIRS: weakref.WeakKeyDictionary[AE, Path] = weakref.WeakKeyDictionary()
-
-
-def _named_temporary_file(*args: Any, **kwargs: Any) -> IO[bytes]:
-    """pynetdicom opens the chunked file from the association's DUL thread: put it in that
-    AE's receive directory (else the system temp dir, as before)."""
-    assoc = getattr(threading.current_thread(), "assoc", None)
-    ae = getattr(assoc, "ae", None)
-    directory = _RECEIVE_DIRS.get(ae) if ae is not None else None
-    if directory is not None and "dir" not in kwargs:
-        kwargs["dir"] = directory
-    return tempfile.NamedTemporaryFile(*args, **kwargs)
-
-
-setattr(pynetdicom.dimse_messages, "NamedTemporaryFile", _named_temporary_file)  # noqa: B010
 
 #: Among syntaxes a requestor ranks equally: keep compressed data compressed, then the richest
 #: uncompressed encoding (Deflated, Explicit VR LE, Implicit VR LE, Explicit VR BE).
@@ -87,39 +63,6 @@ _TIE_ORDER: dict[str, int] = {
 }
 
 _SERVICE_OF_EVENT: dict[EventType, str] = {evt.EVT_C_ECHO: "C-ECHO", evt.EVT_C_STORE: "C-STORE"}
-
-
-class _UntrustedValueFilter(logging.Filter):
-    """pynetdicom and pydicom quote peer-supplied values (a 10,000-character UID, NULs) in
-    their log lines and tracebacks: keep such lines short and printable."""
-
-    LIMIT = 2000
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        text = record.getMessage()
-        if record.exc_info and record.exc_info[1] is not None:
-            exc = record.exc_info[1]
-            text += f" ({type(exc).__name__}: {exc})"
-            record.exc_info, record.exc_text = None, None
-        if len(text) > self.LIMIT or not text.isprintable():
-            text = text[: self.LIMIT].encode("unicode_escape").decode("ascii")
-            text = text[: self.LIMIT] + ("..." if len(record.getMessage()) > self.LIMIT else "")
-        record.msg, record.args = text, None
-        return True
-
-
-_FILTER = _UntrustedValueFilter()
-for _name in ["pydicom", "pynetdicom", *logging.Logger.manager.loggerDict]:
-    if _name == "pydicom" or _name.startswith("pynetdicom"):
-        logging.getLogger(_name).addFilter(_FILTER)
-# pydicom also *warns* (besides logging) about every invalid UI value it decodes: with UIDs
-# chosen by peers that is unbounded noise on stderr; we validate and log them ourselves.
-warnings.filterwarnings(
-    "ignore",
-    message=r"(Invalid value for VR UI|The value length \(\d+\) exceeds the "
-    r"maximum length of 64 allowed for VR UI)",
-    category=UserWarning,
-)
 
 
 class _LazyHandshakeContext(ssl.SSLContext):
@@ -157,6 +100,7 @@ class _RoutingServer(ThreadedAssociationServer):
     route: Callable[[socket.socket, tuple[str, int]], bool] | None = None
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 128  # listen(2) backlog; socketserver's default of 5 drops bursts
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         route = self.route
@@ -230,12 +174,21 @@ def _peer(event: Event) -> str:
     return f"{info.address}:{info.port}"
 
 
-def _counted(service: str, handler: Handler) -> Handler:
-    """Wrap a non-generator handler to count its statuses and time it."""
+def _counted(
+    service: str, handler: Handler, stats: Callable[[Any], AssociationStats | None]
+) -> Handler:
+    """Wrap a non-generator handler to count its statuses (also per association) and time it."""
 
     def wrapper(event: Event, *args: Any) -> Any:
         start = time.perf_counter()
+        assoc_stats = stats(event.assoc)
+        if assoc_stats is not None and service == "C-STORE":
+            with contextlib.suppress(Exception):  # data set bytes, as the native acceptor
+                path = Path(event.dataset_path)
+                assoc_stats.bytes += path.stat().st_size - read_file_meta(path).data_set_offset
         result = handler(event, *args)
+        if assoc_stats is not None:
+            assoc_stats.count(service, _status_of(result))
         metrics.DIMSE_REQUEST_DURATION_SECONDS.labels(service=service).observe(
             time.perf_counter() - start
         )
@@ -269,6 +222,8 @@ class DimseServer:
         self.config = config
         self.ae = _SharedLimitAE(ae_title=config.ae_title)
         ae = self.ae
+        ae.implementation_class_uid = UID(IMPLEMENTATION_CLASS_UID)
+        ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
         ae.maximum_associations = config.max_associations
         ae.maximum_pdu_size = config.maximum_pdu_size
         ae.acse_timeout = config.acse_timeout
@@ -289,12 +244,18 @@ class DimseServer:
             )
         if receive_dir is not None:
             Path(receive_dir).mkdir(parents=True, exist_ok=True)
-            _RECEIVE_DIRS[ae] = Path(receive_dir)
+            RECEIVE_DIRS[ae] = Path(receive_dir)
         user = list(handlers)
         if evt.EVT_C_ECHO not in {event for event, _ in user}:
             user.append((evt.EVT_C_ECHO, on_c_echo))
+        self._stats: dict[Any, AssociationStats] = {}  # per established association
         self._handlers: list[tuple[EventType, Handler]] = [
-            (event, _counted(_SERVICE_OF_EVENT[event], h) if event in _SERVICE_OF_EVENT else h)
+            (
+                event,
+                _counted(_SERVICE_OF_EVENT[event], h, self._stats.get)
+                if event in _SERVICE_OF_EVENT
+                else h,
+            )
             for event, h in user
         ]
         self._handlers += [
@@ -336,12 +297,15 @@ class DimseServer:
         """Bind and serve in a background thread; returns once listening."""
         address = (self.config.bind, self.config.port)
         # What start_server does, with our server class.
-        self._server = self.ae.make_server(
-            address,
-            evt_handlers=self._handlers,  # type: ignore[arg-type]
-            ssl_context=self._ssl,
-            server_class=_ReusePortServer if self.reuse_port else _RoutingServer,
-        )
+        try:
+            self._server = self.ae.make_server(
+                address,
+                evt_handlers=self._handlers,  # type: ignore[arg-type]
+                ssl_context=self._ssl,
+                server_class=_ReusePortServer if self.reuse_port else _RoutingServer,
+            )
+        except OSError as exc:
+            raise ListenError("DIMSE listener", *address, exc) from None
         if self._native is not None:
             self._server.route = self._native.route
         self.ae._servers.append(self._server)  # as start_server does (shutdown removes it)
@@ -442,6 +406,7 @@ class DimseServer:
     def _on_established(self, event: Event) -> None:
         with self._lock:
             self._established.add(id(event.assoc))
+            self._stats[event.assoc] = AssociationStats()
         metrics.ASSOCIATIONS_ACTIVE.inc()
         calling = event.assoc.requestor.ae_title
         metrics.ASSOCIATIONS_TOTAL.labels(calling_ae=self._label(calling), outcome="accepted").inc()
@@ -451,10 +416,11 @@ class DimseServer:
         rq = event.assoc.requestor
         calling, called = rq.ae_title, getattr(rq.primitive, "called_ae_title", None)
         allowed = self.config.allowed_calling_aets
-        if allowed and calling not in allowed:
+        # pynetdicom checks the called AE title last, so its reason wins (PS3.8 Table 9-21)
+        if self.ae.require_called_aet and str(called or "").strip() != self.config.ae_title:
+            reason = f"called AE title not recognized (we are {self.config.ae_title})"
+        elif allowed and calling not in allowed:
             reason = "calling AE title not recognized"
-        elif self.ae.require_called_aet and called != self.config.ae_title:
-            reason = "called AE title not recognized"
         else:
             reason = f"local limit exceeded ({self.config.max_associations} associations)"
         metrics.ASSOCIATIONS_TOTAL.labels(calling_ae=self._label(calling), outcome="rejected").inc()
@@ -475,8 +441,12 @@ class DimseServer:
         with self._lock:
             was_open = id(event.assoc) in self._established
             self._established.discard(id(event.assoc))
+            stats = self._stats.pop(event.assoc, None)
         if was_open:
             metrics.ASSOCIATIONS_ACTIVE.dec()
+        if stats is not None:
+            aborted = bool(getattr(event.assoc, "is_aborted", False))
+            stats.log_end(event.assoc.requestor.ae_title, _peer(event), aborted)
         # A data set cut off by an abort stays behind in pynetdicom's chunked file: remove it.
         message = getattr(getattr(event.assoc, "dimse", None), "message", None)
         partial = getattr(message, "_data_set_file", None)

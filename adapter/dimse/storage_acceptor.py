@@ -20,8 +20,9 @@ import struct
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -39,6 +40,7 @@ from adapter.dimse.command_set import (
 from adapter.dimse.contexts import VERIFICATION_SOP_CLASS
 from adapter.dimse.pdu import (
     A_ABORT,
+    A_ASSOCIATE_RQ,
     A_RELEASE_RQ,
     ACCEPTANCE,
     P_DATA_TF,
@@ -52,6 +54,7 @@ from adapter.dimse.transport import kernel_timeouts
 
 __all__ = [
     "AcceptorSettings",
+    "AssociationStats",
     "StorageAssociation",
     "StorageHandler",
     "StoreRequest",
@@ -140,6 +143,34 @@ def file_meta(request: StoreRequest, implementation_uid: str, implementation_ver
     return bytes(128) + b"DICM" + length + body
 
 
+@dataclass
+class AssociationStats:
+    """What one association did, for its one INFO line at the end (both acceptor paths)."""
+
+    started: float = field(default_factory=time.monotonic)
+    instances: int = 0
+    bytes: int = 0
+    statuses: Counter[str] = field(default_factory=Counter)
+
+    def count(self, service: str, status: int) -> None:
+        if service == "C-STORE":
+            self.instances += 1
+        self.statuses[f"{service} 0x{status & 0xFFFF:04X}"] += 1
+
+    def log_end(self, calling_ae: str, peer: str, aborted: bool) -> None:
+        statuses = ", ".join(f"{k} x{n}" for k, n in sorted(self.statuses.items())) or "none"
+        log.info(
+            "association from %s %s: %d instance(s), %d bytes in %.2fs; statuses: %s",
+            calling_ae,
+            "aborted" if aborted else "ended",
+            self.instances,
+            self.bytes,
+            time.monotonic() - self.started,
+            statuses,
+            extra={"calling_ae": calling_ae, "peer": peer},
+        )
+
+
 class StorageAssociation:
     """One accepted association: answers C-STORE and C-ECHO until release or abort."""
 
@@ -178,6 +209,7 @@ class StorageAssociation:
         self._started = 0.0
         self.closed = threading.Event()
         self.aborted_by_peer = False
+        self.stats = AssociationStats()
 
     # ------------------------------------------------------------------ lifecycle
     def serve(self) -> None:
@@ -200,7 +232,7 @@ class StorageAssociation:
                 self.settings.network_timeout,
                 extra={"calling_ae": self.calling_ae, "peer": self.peer},
             )
-            self._abort_quietly(reason=0)
+            self._abort_quietly()
         except (ConnectionError, EOFError, OSError) as exc:
             if not self.closed.is_set():
                 log.info(
@@ -213,16 +245,21 @@ class StorageAssociation:
             self.closed.set()
             with contextlib.suppress(OSError):
                 self.sock.close()
+            self.stats.log_end(self.calling_ae, self.peer, self.aborted_by_peer)
 
     def abort(self) -> None:
         """From another thread (shutdown): A-ABORT and close; the serving thread then ends."""
-        self._abort_quietly(reason=0)
+        self._abort_quietly()
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
 
-    def _abort_quietly(self, reason: int) -> None:
+    def _abort_quietly(self, reason: int | None = None) -> None:
+        """A-ABORT (PS3.8 9.3.8): an abort we decide on (timeout, shutdown, a DIMSE message we
+        do not serve) comes from the service user, source 0; a protocol error from the service
+        provider, source 2, with its reason (1 unrecognized PDU, 2 unexpected PDU)."""
+        source, why = (0, 0) if reason is None else (2, reason)
         with contextlib.suppress(OSError):
-            self._send(encode_abort(source=2, reason=reason))
+            self._send(encode_abort(source=source, reason=why))
 
     def _send(self, data: bytes) -> None:
         with self._send_lock:
@@ -262,7 +299,8 @@ class StorageAssociation:
                     kind,
                     extra={"calling_ae": self.calling_ae, "peer": self.peer},
                 )
-                self._abort_quietly(reason=2)
+                known = A_ASSOCIATE_RQ <= kind <= A_ABORT  # PS3.8 9.3.1
+                self._abort_quietly(reason=2 if known else 1)
                 self.closed.set()
                 return
 
@@ -300,11 +338,11 @@ class StorageAssociation:
                 exc,
                 extra={"calling_ae": self.calling_ae, "peer": self.peer},
             )
-            self._abort_quietly(reason=0)
+            self._abort_quietly()
             raise EOFError(str(exc)) from None
         accepted = self.accepted.get(context_id)
         if accepted is None:
-            self._abort_quietly(reason=0)
+            self._abort_quietly()
             raise EOFError(f"DIMSE message on presentation context {context_id}, not accepted")
         if command.command_field == C_ECHO_RQ and not command.has_data_set:
             self._respond(context_id, encode_c_echo_rsp(command), "C-ECHO", 0, time.perf_counter())
@@ -315,7 +353,7 @@ class StorageAssociation:
                 command.command_field,
                 extra={"calling_ae": self.calling_ae, "peer": self.peer},
             )
-            self._abort_quietly(reason=0)
+            self._abort_quietly()
             raise EOFError("unsupported DIMSE command")
         self._start_store(command, context_id, accepted)
 
@@ -365,7 +403,7 @@ class StorageAssociation:
 
     def _on_data(self, context_id: int, length: int, is_last: bool) -> None:
         if self._message is None or context_id != self._message_context:
-            self._abort_quietly(reason=0)
+            self._abort_quietly()
             raise EOFError("data set fragment without its command")
         view, sock = self._view, self.sock
         left = length
@@ -374,6 +412,7 @@ class StorageAssociation:
             if count == 0:
                 raise EOFError("peer closed the connection in a data set")
             left -= count
+            self.stats.bytes += count
             if self._sink is not None:
                 try:
                     self._write_all(view[:count])
@@ -422,6 +461,7 @@ class StorageAssociation:
         self, context_id: int, command: bytes, service: str, status: int, started: float
     ) -> None:
         self._send(encode_p_data(context_id, command, self.request.max_pdu_length))
+        self.stats.count(service, status)
         metrics.DIMSE_REQUEST_DURATION_SECONDS.labels(service=service).observe(
             time.perf_counter() - started
         )

@@ -210,3 +210,60 @@ def test_storage_commitment_commits_stored_and_fails_unknown_instances(
         ]
     finally:
         server.shutdown()
+
+
+def test_storage_commitment_report_names_the_retrieve_ae_and_is_retried(
+    adapter: tuple[AdapterProcess, int], study: dict[str, Any]
+) -> None:
+    """The requester is not listening when the report is due: the adapter tries again on a new
+    association (the Java adapter gave up); each committed item names the Retrieve AE Title."""
+    proc, commit_port = adapter
+    reports: list[Dataset] = []
+    got = threading.Event()
+
+    def on_event_report(event: Any) -> int:
+        reports.append(event.event_information)
+        got.set()
+        return 0x0000
+
+    stored = list(study["by_uid"])[:2]
+    request = Dataset()
+    request.TransactionUID = generate_uid()
+    request.ReferencedSOPSequence = []
+    for uid in stored:
+        item = Dataset()
+        item.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+        item.ReferencedSOPInstanceUID = uid
+        request.ReferencedSOPSequence.append(item)
+    requester = AE(ae_title="COMMITSCU")
+    requester.add_requested_context(StorageCommitmentPushModel)
+    assoc = requester.associate(
+        "127.0.0.1",
+        proc.port,
+        ae_title="IMPORTADAPTER",
+        ext_neg=[build_role(StorageCommitmentPushModel, scu_role=True)],
+    )
+    assert assoc.is_established
+    status, _ = assoc.send_n_action(
+        request, 1, StorageCommitmentPushModel, "1.2.840.10008.1.20.1.1"
+    )
+    assoc.release()
+    assert status.Status == 0x0000
+    proc.wait_for_log(r"report attempt 1 of \d+ failed", timeout=30)
+    listener = AE(ae_title="COMMITSCU")
+    listener.add_supported_context(StorageCommitmentPushModel, scu_role=True, scp_role=True)
+    server = listener.start_server(
+        ("127.0.0.1", commit_port),
+        block=False,
+        evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_event_report)],
+    )
+    try:
+        wait_until(got.is_set, timeout=30, what="the retried N-EVENT-REPORT")
+        [report] = [r for r in reports if r.TransactionUID == request.TransactionUID]
+        items = report.ReferencedSOPSequence
+        assert sorted(i.ReferencedSOPInstanceUID for i in items) == sorted(stored)
+        assert all(i.RetrieveAETitle == "IMPORTADAPTER" for i in items)
+        assert report.RetrieveAETitle == "IMPORTADAPTER"
+        assert "FailedSOPSequence" not in report
+    finally:
+        server.shutdown()

@@ -245,3 +245,51 @@ def test_a_tls_client_that_never_handshakes_does_not_block_the_others(
         assoc.release()
     finally:
         stalled.close()
+
+
+def test_a_small_response_goes_in_one_p_data_pdu_with_its_identifier() -> None:
+    """A C-GET-RSP and its Failed SOP Instance UID List travel in one P-DATA-TF (two PDVs):
+    dcmtk's getscu skips the identifier instead of failing its release (server.py)."""
+    from pydicom.dataset import Dataset
+    from pydicom.uid import generate_uid
+    from pynetdicom.dimse_messages import C_GET_RSP, C_STORE_RQ
+    from pynetdicom.dimse_primitives import C_GET, C_STORE
+    from pynetdicom.dsutils import encode
+
+    failed = Dataset()
+    failed.FailedSOPInstanceUIDList = [generate_uid(), generate_uid()]
+    rsp = C_GET()
+    rsp.MessageIDBeingRespondedTo = 1
+    rsp.Status = 0xB000
+    rsp.NumberOfCompletedSuboperations, rsp.NumberOfFailedSuboperations = 3, 2
+    rsp.NumberOfWarningSuboperations = 0
+    rsp.Identifier = io.BytesIO(encode(failed, True, True) or b"")
+    message = C_GET_RSP()
+    message.primitive_to_message(rsp)
+    [pdata] = list(message.encode_msg(1, 16384))
+    headers = [value[0] for _, value in pdata.presentation_data_value_list]
+    assert headers == [0x03, 0x02]  # last command fragment, last data set fragment
+    # too large for the peer's PDU: as pynetdicom sends it, one PDV per PDU
+    assert len(list(message.encode_msg(1, 100))) > 2
+
+    store = C_STORE()
+    store.MessageID, store.Priority = 1, 2
+    store.AffectedSOPClassUID, store.AffectedSOPInstanceUID = CT, generate_uid()
+    store.DataSet = io.BytesIO(b"\x00" * 64)
+    request = C_STORE_RQ()
+    request.primitive_to_message(store)
+    assert len(list(request.encode_msg(1, 16384))) == 2  # requests are left alone
+
+
+def test_our_implementation_identity_is_valid_and_follows_the_release() -> None:
+    import tomllib
+
+    from pydicom.uid import UID
+
+    from adapter.dimse.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+    assert UID(IMPLEMENTATION_CLASS_UID).is_valid and IMPLEMENTATION_CLASS_UID.startswith("2.25.")
+    version = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    major, minor, *_ = version["project"]["version"].split(".")
+    assert f"DICOMADAPTER_{major}_{minor}" == IMPLEMENTATION_VERSION_NAME
+    assert len(IMPLEMENTATION_VERSION_NAME) <= 16  # SH (PS3.7 D.3.3.3)

@@ -389,7 +389,7 @@ def test_aet_dictionary_sources_in_the_java_order(tmp_path: Any) -> None:
 def test_java_filters_match_as_in_the_java_adapter(
     java_filter: str, facts: dict[str, str], matches: bool
 ) -> None:
-    from adapter.legacy_flags import filter_condition
+    from adapter.legacy_routing import filter_condition
     from adapter.pipeline.rules import parse_condition
 
     assert parse_condition(filter_condition(java_filter)).matches(_Facts(**facts)) is matches
@@ -397,7 +397,7 @@ def test_java_filters_match_as_in_the_java_adapter(
 
 @pytest.mark.parametrize("java_filter", ["Modality", "Modality==MG", "&Modality=MG", "=MG"])
 def test_malformed_java_filters_are_refused(java_filter: str) -> None:
-    from adapter.legacy_flags import filter_condition
+    from adapter.legacy_routing import filter_condition
 
     with pytest.raises(ConfigError, match="invalid"):
         filter_condition(java_filter)
@@ -407,3 +407,55 @@ def test_dimse_cmove_aet_alone_sets_the_move_calling_ae() -> None:
     cfg, _ = importer_of([*GUIDE_ARGS, "--dimse_cmove_aet=CMOVEAET"])
     assert cfg.query.move_calling_ae_title == "CMOVEAET"
     assert cfg.dimse.ae_title == "IMPORTADAPTER"
+def test_fuzzy_matching_and_java_c_find_answers_in_legacy_mode() -> None:
+    base = ["--dimse_aet=IMPORTADAPTER", "--dicomweb_address=http://127.0.0.1:8042/dicom-web"]
+    data, _ = translate([*base, "--fuzzy_matching"], "import")
+    assert data["importer"]["query"] == {"fuzzy_matching": True, "return_keys": "store"}
+    data, _ = translate(base, "import")
+    assert data["importer"]["query"] == {"return_keys": "store"}
+
+
+IMPORT_BASE = ["--dimse_aet=IMPORTADAPTER", "--dicomweb_address=http://127.0.0.1:8042/dicom-web"]
+EXPORT_BASE = [
+    "--peer_dimse_aet=PACS",
+    "--peer_dimse_ip=127.0.0.1",
+    "--peer_dimse_port=104",
+    "--project_id=P",
+    "--subscription_id=S",
+    "--dicomweb_addr=http://127.0.0.1:8042/dicom-web",
+]
+
+
+def test_legacy_defaults_let_an_importer_and_an_exporter_share_a_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("HEALTH_PORT", "STATE_DIR", "SPOOL_DIR", "EXPORT_STATE_DIR"):
+        monkeypatch.delenv(f"DICOM_ADAPTER_{name}", raising=False)
+    imp, _ = translate(IMPORT_BASE, "import")
+    exp, _ = translate(EXPORT_BASE, "export")
+    assert (imp["health"]["port"], exp["health"]["port"]) == (8080, 8081)
+    assert imp["importer"]["spool"]["path"] == "/tmp/dicom-adapter/spool"
+    load_config_data(imp)
+    load_config_data(exp)
+
+
+def test_legacy_health_port_and_paths_from_our_flags_or_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object
+) -> None:
+    data, _ = translate(
+        [*IMPORT_BASE, "--health_port=9100", "--state_dir=/srv/st", "--spool_dir=/srv/sp"],
+        "import",
+    )
+    assert data["health"]["port"] == 9100 and data["state_dir"] == "/srv/st"
+    assert data["importer"]["spool"]["path"] == "/srv/sp"
+    monkeypatch.setenv("DICOM_ADAPTER_HEALTH_PORT", "9200")
+    monkeypatch.setenv("DICOM_ADAPTER_EXPORT_STATE_DIR", "/srv/export")
+    data, _ = translate(EXPORT_BASE, "export")
+    assert data["health"]["port"] == 9200 and data["exporter"]["state_dir"] == "/srv/export"
+    persistent, _ = translate(
+        [*IMPORT_BASE, "--persistent_file_storage_location=/data", "--spool_dir=/ignored"],
+        "import",
+    )
+    assert persistent["importer"]["spool"]["path"] == "/data"  # the Java flag wins
+    with pytest.raises(ConfigError, match="--health_port: expected an integer"):
+        translate([*IMPORT_BASE, "--health_port=http"], "import")

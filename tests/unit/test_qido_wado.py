@@ -270,3 +270,20 @@ def test_dicom_json_helpers_are_tolerant_of_missing_values() -> None:
     assert get_str(obj, "00100010") == "Doe^J"
     assert get_int(obj, "00081197") == 272
     assert get_str(obj, "00080018") is None
+
+
+def test_wildcards_reach_the_store_unencoded_and_the_rest_is_percent_encoded(
+    stub: HttpStub,
+) -> None:
+    stub.enqueue(StubResponse.json(200, []))
+    list(_qido(stub).search_for_studies(match={"PatientName": "Doe* J?n&x=1", "StudyID": "a/b"}))
+    (seen,) = stub.requests
+    raw = urlsplit(seen.path).query
+    assert "PatientName=Doe*%20J?n%26x%3D1" in raw and "StudyID=a%2Fb" in raw
+    assert _query(seen)["PatientName"] == ["Doe* J?n&x=1"]
+
+
+def test_fuzzy_matching_is_asked_for(stub: HttpStub) -> None:
+    stub.enqueue(StubResponse.json(200, []))
+    list(_qido(stub, fuzzy_matching=True).search_for_studies(match={"PatientName": "Doe"}))
+    assert _query(stub.requests[0])["fuzzymatching"] == ["true"]

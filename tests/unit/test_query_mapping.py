@@ -66,3 +66,39 @@ def test_result_holds_only_requested_keys_and_empty_unknowns() -> None:
     assert "AccessionNumber" in ds and not ds.AccessionNumber
     assert "Modality" not in ds
     assert ds.QueryRetrieveLevel == "STUDY"
+
+
+def test_person_name_components_are_matched_exactly_after_a_prefix_search() -> None:
+    """Orthanc 1.10's QIDO-RS never matches '^': the store gets the first component plus '*',
+    the adapter checks the whole DICOM match (PS3.4 C.2.2.2.1, case-insensitive for PN)."""
+    q = identifier_to_query(identifier("STUDY", PatientName="Doe^J?hn", StudyInstanceUID=""))
+    assert q.match["PatientName"] == "Doe^J?hn" and q.store_match == {"PatientName": "Doe*"}
+
+    def pn(name: str) -> dict[str, object]:
+        return {"00100010": {"vr": "PN", "Value": [{"Alphabetic": name}]}}
+
+    assert q.accepts(pn("DOE^JOHN")) and q.accepts(pn("Doe^John^^"))
+    assert not q.accepts(pn("Doe^Jane")) and not q.accepts(pn("Doemann^John"))
+    assert not q.accepts({})
+    leading = identifier_to_query(identifier("STUDY", PatientName="*^John"))
+    assert leading.store_match == {} and leading.accepts(pn("Roe^John"))
+
+
+def test_plain_wildcards_and_fuzzy_matching_go_to_the_store_unchanged() -> None:
+    q = identifier_to_query(identifier("STUDY", PatientName="Doe*", AccessionNumber="A^1"))
+    assert q.store_match == {"PatientName": "Doe*", "AccessionNumber": "A^1"}  # not a PN
+    fuzzy = identifier_to_query(identifier("STUDY", PatientName="Doe^John"), fuzzy=True)
+    assert fuzzy.store_match == {"PatientName": "Doe^John"}
+    assert fuzzy.accepts({})  # the store decided
+
+
+def test_return_keys_store_keeps_every_attribute_of_the_result() -> None:
+    q = identifier_to_query(identifier("IMAGE", StudyInstanceUID="1.2.3"))
+    result = {
+        "0020000D": {"vr": "UI", "Value": ["1.2.3"]},
+        "00080060": {"vr": "CS", "Value": ["CT"]},
+        "00280010": {"vr": "US", "Value": [32]},
+    }
+    ds = result_to_identifier(result, q, "store")
+    assert ds.Modality == "CT" and ds.Rows == 32 and ds.QueryRetrieveLevel == "IMAGE"
+    assert "Modality" not in result_to_identifier(result, q)

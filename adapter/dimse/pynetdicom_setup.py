@@ -1,0 +1,130 @@
+"""pynetdicom's process-global settings and the few internals the adapter replaces, in one
+place (imported by :mod:`adapter.dimse.server`, which is the only user of pynetdicom's acceptor).
+
+Each replaced internal is checked by tests/unit/test_pynetdicom_internals.py, which fails with a
+clear message when a pynetdicom release moves it; pyproject.toml pins the minor version.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import warnings
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pynetdicom.dimse_messages
+import pynetdicom.dsutils
+import pynetdicom.events
+from pydicom.uid import UID
+from pynetdicom import AE, _config
+
+from adapter.dimse.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+__all__ = ["RECEIVE_DIRS"]
+
+# Receive C-STORE data sets straight into a file (no decode, flat memory): event.dataset_path.
+_config.STORE_RECV_CHUNKED_DATASET = True
+# Send a Part-10 file given by path as its raw data set, in PDU-sized chunks, never decoded
+# (C-MOVE/C-GET sub-operations, the exporter's C-STORE SCU); needs an exact-syntax context.
+_config.STORE_SEND_CHUNKED_DATASET = True
+
+# Our Implementation Class UID and Version Name in the File Meta of the chunked C-STORE files.
+_create_file_meta = pynetdicom.dsutils.create_file_meta
+
+
+def _our_file_meta(**kwargs: Any) -> Any:
+    kwargs["implementation_uid"] = UID(IMPLEMENTATION_CLASS_UID)
+    kwargs["implementation_version"] = IMPLEMENTATION_VERSION_NAME
+    return _create_file_meta(**kwargs)
+
+
+setattr(pynetdicom.dimse_messages, "create_file_meta", _our_file_meta)  # noqa: B010
+setattr(pynetdicom.events, "create_file_meta", _our_file_meta)  # noqa: B010 (Event.file_meta)
+
+#: AE -> directory for its chunked C-STORE files, so they land on the spool's filesystem and
+#: can be renamed into the spool instead of copied.
+RECEIVE_DIRS: weakref.WeakKeyDictionary[AE, Path] = weakref.WeakKeyDictionary()
+
+
+def _named_temporary_file(*args: Any, **kwargs: Any) -> IO[bytes]:
+    """pynetdicom opens the chunked file from the association's DUL thread: put it in that
+    AE's receive directory (else the system temp dir, as before)."""
+    assoc = getattr(threading.current_thread(), "assoc", None)
+    ae = getattr(assoc, "ae", None)
+    directory = RECEIVE_DIRS.get(ae) if ae is not None else None
+    if directory is not None and "dir" not in kwargs:
+        kwargs["dir"] = directory
+    return tempfile.NamedTemporaryFile(*args, **kwargs)
+
+
+setattr(pynetdicom.dimse_messages, "NamedTemporaryFile", _named_temporary_file)  # noqa: B010
+
+#: A response whose command and data set together stay below this goes in one P-DATA-TF PDU.
+_PACKED_RESPONSE_LIMIT = 64 * 1024
+_encode_msg = pynetdicom.dimse_messages.DIMSEMessage.encode_msg
+
+
+def _packed_encode_msg(self: Any, context_id: int, max_pdu_length: int) -> Iterator[Any]:
+    """pynetdicom sends each PDV in a P-DATA-TF of its own; for a small response, put the
+    command and its identifier in one PDU (several PDVs per PDU, PS3.8 9.3.5). Why: dcmtk's
+    DcmSCU (getscu) never reads the identifier of a C-GET-RSP -- the Failed SOP Instance UID
+    List of a final response (PS3.4 C.4.3.1.4) -- and fails its release with "P-Data PDU
+    arrived" when that identifier comes in a PDU of its own; in the same PDU it is skipped."""
+    pdus = _encode_msg(self, context_id, max_pdu_length)
+    if not type(self).__name__.endswith("_RSP"):
+        yield from pdus
+        return
+    pending: list[Any] = []
+    size = 0
+    for pdata in pdus:
+        size += sum(len(v) + 6 for _, v in pdata.presentation_data_value_list)
+        pending.append(pdata)
+        if size > _PACKED_RESPONSE_LIMIT or (max_pdu_length and size + 6 > max_pdu_length):
+            yield from pending  # too large for one PDU: as pynetdicom sends it
+            yield from pdus
+            return
+    if pending:
+        packed = pending[0]
+        for pdata in pending[1:]:
+            packed.presentation_data_value_list.extend(pdata.presentation_data_value_list)
+        yield packed
+
+
+pynetdicom.dimse_messages.DIMSEMessage.encode_msg = _packed_encode_msg  # type: ignore[method-assign]
+
+
+class _UntrustedValueFilter(logging.Filter):
+    """pynetdicom and pydicom quote peer-supplied values (a 10,000-character UID, NULs) in
+    their log lines and tracebacks: keep such lines short and printable."""
+
+    LIMIT = 2000
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            text += f" ({type(exc).__name__}: {exc})"
+            record.exc_info, record.exc_text = None, None
+        if len(text) > self.LIMIT or not text.isprintable():
+            text = text[: self.LIMIT].encode("unicode_escape").decode("ascii")
+            text = text[: self.LIMIT] + ("..." if len(record.getMessage()) > self.LIMIT else "")
+        record.msg, record.args = text, None
+        return True
+
+
+_FILTER = _UntrustedValueFilter()
+for _name in ["pydicom", "pynetdicom", *logging.Logger.manager.loggerDict]:
+    if _name == "pydicom" or _name.startswith("pynetdicom"):
+        logging.getLogger(_name).addFilter(_FILTER)
+# pydicom also *warns* (besides logging) about every invalid UI value it decodes: with UIDs
+# chosen by peers that is unbounded noise on stderr; we validate and log them ourselves.
+warnings.filterwarnings(
+    "ignore",
+    message=r"(Invalid value for VR UI|The value length \(\d+\) exceeds the "
+    r"maximum length of 64 allowed for VR UI)",
+    category=UserWarning,
+)
