@@ -235,11 +235,18 @@ class Spool:
             raise
 
     def link_in(
-        self, src: Path, entry_id: str, meta: SpoolMeta, waiter: DeliveryWaiter | None = None
+        self,
+        src: Path,
+        entry_id: str,
+        meta: SpoolMeta,
+        waiter: DeliveryWaiter | None = None,
+        *,
+        sync: bool = True,
     ) -> SpoolEntry | None:
         """Hard-link an already durable file in as ``entry_id`` (an outbox taking a routed
-        instance) and make the link durable; the caller fsynced the file. Idempotent: the same
-        entry id again (re-routing after a crash) adds nothing and returns None."""
+        instance) and make the link durable (``sync=False``: the caller calls :meth:`sync`
+        once for a whole batch before it relies on the link); the caller fsynced the file.
+        Idempotent: the same entry id again (re-routing after a crash) returns None."""
         dst = self.ready_dir / f"{entry_id}{SUFFIX}"
         with self._cond:
             if entry_id in self._entries or entry_id in self._moving:
@@ -248,7 +255,8 @@ class Spool:
         try:
             with contextlib.suppress(FileExistsError):  # linked before a crash: index it
                 os.link(src, dst)
-            self._ready_sync.sync()
+            if sync:
+                self._ready_sync.sync()
             entry = SpoolEntry(entry_id, dst, dst.stat().st_size, meta, time.time(), waiter=waiter)
         finally:
             with self._cond:

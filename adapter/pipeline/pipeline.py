@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from adapter import metrics
@@ -67,12 +67,15 @@ class Pipeline:
         entry_id: str | None = None,
         waiter: DeliveryWaiter | None = None,
         durable: bool = True,
+        sync: bool = True,
     ) -> RouteDecision:
         """Route ``instance`` and link it into its outboxes; returns the decision.
 
         ``durable``: the file is already fsynced (the inbox); else it is fsynced here once
-        (hard links share it). Raises TransientError (outbox full) or PermanentError (a stage
-        refused it); the caller keeps its copy then.
+        (hard links share it). ``sync=False``: the links are made durable later by
+        :meth:`sync` (one directory fsync per outbox for a whole batch). Raises
+        TransientError (outbox full) or PermanentError (a stage refused it); the caller keeps
+        its copy then.
         """
         decision = self.router.route(instance)
         if decision.echoes:
@@ -120,7 +123,7 @@ class Pipeline:
             if waiter is not None:
                 waiter.expect(r.destination for r, _ in targets)
             for route, out in targets:
-                self._link(route, out, entry_id, waiter)
+                self._link(route, out, entry_id, waiter, sync)
         finally:
             for path in made:
                 path.unlink(missing_ok=True)
@@ -142,11 +145,21 @@ class Pipeline:
             outputs[route.stages] = current
         return outputs
 
+    def sync(self, destinations: Iterable[str]) -> None:
+        """Make the links of ``submit(..., sync=False)`` durable: one fsync per outbox."""
+        for name in dict.fromkeys(destinations):
+            self.deliveries[name].outbox.sync()
+
     def _link(
-        self, route: Route, instance: Instance, entry_id: str, waiter: DeliveryWaiter | None
+        self,
+        route: Route,
+        instance: Instance,
+        entry_id: str,
+        waiter: DeliveryWaiter | None,
+        sync: bool,
     ) -> None:
         delivery = self.deliveries[route.destination]
-        entry = delivery.outbox.link_in(instance.path, entry_id, instance.meta, waiter)
+        entry = delivery.outbox.link_in(instance.path, entry_id, instance.meta, waiter, sync=sync)
         metrics.ROUTED_TOTAL.labels(
             plugin=self.plugin, rule=route.rule, destination=route.destination
         ).inc()
@@ -208,19 +221,22 @@ class RoutingService:
                 next_rescan = time.monotonic() + self.rescan_interval
                 self.inbox.rescan()  # dead letters requeued into the spool
             batch = self.inbox.claim_batch(64, 1 << 40, timeout=1.0, stop=self._stop)
-            done = [entry for entry in batch if self._route(entry)]
+            routed: list[str] = []
+            done = [entry for entry in batch if self._route(entry, routed)]
+            self.pipeline.sync(routed)  # the links are durable before the inbox copies go
             if done:
                 self.inbox.complete(*done)
 
-    def _route(self, entry: SpoolEntry) -> bool:
-        """True when the entry left the inbox (routed, dropped, dead-lettered)."""
+    def _route(self, entry: SpoolEntry, routed: list[str]) -> bool:
+        """True when the entry may leave the inbox (routed, dropped); ``routed`` collects the
+        outboxes whose links still need their directory fsync."""
         waiter = entry.waiter
         if waiter is not None and waiter.cancelled:
             return True  # answered with a failure already: the sender resends
         meta = entry.meta
         instance = Instance(entry.path, meta, Origin("dimse", meta.calling_ae, meta.called_ae))
         try:
-            self.pipeline.submit(instance, entry_id=entry.id, waiter=waiter)
+            decision = self.pipeline.submit(instance, entry_id=entry.id, waiter=waiter, sync=False)
         except (TransientError, SpoolFullError) as exc:
             entry.attempts += 1
             log.warning(
@@ -236,4 +252,5 @@ class RoutingService:
                 waiter.expect(("route",))
                 waiter.rejected("route", Verdict(Status.CANNOT_UNDERSTAND, str(exc)[:64]))
             return False  # dead_letter moved the file and forgot the entry
+        routed += decision.destinations
         return True
