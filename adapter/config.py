@@ -33,6 +33,7 @@ from adapter.config_types import (
 )
 from adapter.destinations.config import DestinationConfig
 from adapter.errors import ConfigError
+from adapter.stages.config import StageConfig
 
 __all__ = [
     "GOOGLE_HEALTHCARE_SCOPE",
@@ -81,6 +82,8 @@ class CoreConfig(ConfigModel):
     state_dir: Path = Path("/var/lib/dicom-adapter/state")  # provenance log (echo guard)
     #: Named destinations the plugins' routing rules send to (besides their defaults).
     destinations: dict[DestinationName, DestinationConfig] = Field(default_factory=dict)
+    #: Named processing stages (de-identify, transcode) that routing rules apply, in order.
+    stages: dict[DestinationName, StageConfig] = Field(default_factory=dict)
 
 
 class SiteConfig(ConfigModel):

@@ -36,7 +36,9 @@ class ExporterPlugin:
     def check(self, core: CoreConfig, config: ExporterConfig) -> list[str]:
         if config.source is None and core.dicomweb is None:
             return ["source: required (or a top-level dicomweb) to fetch instances from"]
-        problems = check_routing(config.routing, list(self.destinations(core, config)))
+        problems = check_routing(
+            config.routing, list(self.destinations(core, config)), stages=list(core.stages)
+        )
         if config.destination is None and config.routing.default is None:
             problems.append(
                 "routing.default: required when there is no exporter.destination "
@@ -91,6 +93,8 @@ class ExporterPlugin:
             budget=SpoolBudget(int(config.outbox_max_bytes)),
             dead_letters=dead_letters,
             provenance=provenance,
+            stages=context.core.stages,
+            state_dir=context.core.state_dir,
         )
         if not config.echo_guard.enabled:
             built.pipeline.router.echo_aets = {}
@@ -117,7 +121,12 @@ class ExporterPlugin:
             stop_event=stop,
         )
         subscriber = SubscriberService(
-            pubsub, handler, workers=config.workers, nacks=nacks, stop_event=stop
+            pubsub,
+            handler,
+            workers=config.workers,
+            nacks=nacks,
+            on_stop=built.close,
+            stop_event=stop,
         )
         return [*built.deliveries, subscriber]
 

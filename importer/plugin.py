@@ -144,7 +144,9 @@ class ImporterPlugin:
     def check(self, core: CoreConfig, config: ImporterConfig) -> list[str]:
         if core.dicomweb is None:
             return ["dicomweb: required key is missing (the store the importer uploads to)"]
-        return check_routing(config.routing, list(self.destinations(core, config)))
+        return check_routing(
+            config.routing, list(self.destinations(core, config)), stages=list(core.stages)
+        )
 
     @staticmethod
     def destinations(core: CoreConfig, config: ImporterConfig) -> dict[str, DestinationConfig]:
@@ -213,8 +215,10 @@ class ImporterPlugin:
             dead_letters=dead_letters,
             min_free_bytes=int(config.spool.min_free_bytes),
             provenance=provenance,
+            stages=context.core.stages,
+            state_dir=context.core.state_dir,
         )
-        routing = RoutingService(spool, built.pipeline, context.retry_policy())
+        routing = RoutingService(spool, built.pipeline, context.retry_policy(), on_stop=built.close)
         metrics.set_spool_depth_callback(lambda: spool.depth() + built.depth())
         metrics.set_spool_bytes_callback(lambda: spool.bytes_used)
         metrics.set_spool_oldest_age_callback(lambda: max(spool.oldest_age(), built.oldest_age()))

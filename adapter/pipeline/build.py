@@ -18,6 +18,7 @@ from adapter.pipeline.stage import Stage
 from adapter.plugin import PluginContext
 from adapter.provenance import ProvenanceLog
 from adapter.spool import Spool, SpoolBudget
+from adapter.stages import StageConfig, StageContext, build_stage
 
 __all__ = ["BuiltPipeline", "build_pipeline", "check_routing", "outbox_path"]
 
@@ -26,6 +27,13 @@ __all__ = ["BuiltPipeline", "build_pipeline", "check_routing", "outbox_path"]
 class BuiltPipeline:
     pipeline: Pipeline
     deliveries: list[DeliveryService]
+
+    def close(self) -> None:
+        """Release what stages hold (worker processes), once nothing is routed any more."""
+        for stage in self.pipeline.stages.values():
+            close = getattr(stage, "close", None)
+            if close is not None:
+                close()
 
     def depth(self) -> int:
         return sum(d.outbox.depth() for d in self.deliveries)
@@ -60,6 +68,12 @@ def check_routing(
                     f"{prefix}.rules[{i}].stages: unknown stage {name!r} "
                     f"(have: {', '.join(sorted(stages)) or 'none'})"
                 )
+    for name in routing.default_stages:
+        if name not in stages:
+            problems.append(
+                f"{prefix}.default_stages: unknown stage {name!r} "
+                f"(have: {', '.join(sorted(stages)) or 'none'})"
+            )
     if isinstance(routing.default, tuple):
         for name in routing.default:
             if name not in available:
@@ -80,9 +94,11 @@ def build_pipeline(
     dead_letters: DeadLetterQueue,
     min_free_bytes: int = 0,
     provenance: ProvenanceLog | None = None,
-    stages: Mapping[str, Stage] | None = None,
+    stages: Mapping[str, StageConfig] | None = None,
+    state_dir: Path | None = None,
 ) -> BuiltPipeline:
-    """Every destination the routing can reach gets its outbox and delivery service."""
+    """Every destination the routing can reach gets its outbox and delivery service; every
+    stage it names is built once (``state_dir``: where stages keep what survives restarts)."""
     wanted = set(routing.destination_names()) | (set(default) if routing.default is None else set())
     deliveries: dict[str, DeliveryService] = {}
     for name in sorted(wanted):
@@ -109,7 +125,11 @@ def build_pipeline(
         echo_aets={name: echo_aets(destinations[name]) for name in deliveries},
         provenance=provenance,
     )
-    pipeline = Pipeline(plugin, router, deliveries, work_dir, stages)
+    built_stages: dict[str, Stage] = {}
+    stage_context = StageContext(plugin, Path(state_dir or work_dir), provenance)
+    for name in sorted(routing.stage_names()):
+        built_stages[name] = build_stage(name, (stages or {})[name], stage_context)
+    pipeline = Pipeline(plugin, router, deliveries, work_dir, built_stages)
     for name in deliveries:
         for rule in [*(r.name for r in routing.rules), "default"]:
             metrics.ROUTED_TOTAL.labels(plugin=plugin, rule=rule, destination=name)

@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from adapter import metrics
@@ -181,8 +181,11 @@ class RoutingService:
         workers: int = 2,
         rescan_interval: float = 10.0,
         owns_spool: bool = True,
+        on_stop: Callable[[], None] | None = None,
     ) -> None:
+        """``on_stop``: called once routing has stopped (the stages release what they hold)."""
         self.name = "route"
+        self.on_stop = on_stop
         self.inbox = inbox
         self.pipeline = pipeline
         self.policy = policy
@@ -208,6 +211,8 @@ class RoutingService:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._threads = []
+        if self.on_stop is not None:
+            self.on_stop()
         if self.owns_spool:
             self.inbox.close()
 

@@ -97,7 +97,8 @@ class Router:
         if first_rule is None:
             if self.default == "drop":
                 return RouteDecision((), dropped="no rule matched (default: drop)")
-            routes = [Route(DEFAULT_RULE, d) for d in self.default]
+            stages = self.config.default_stages
+            routes = [Route(DEFAULT_RULE, d, stages) for d in self.default]
         unique: dict[str, Route] = {}
         for r in routes:
             unique.setdefault(r.destination, r)  # the first rule naming it gives the stages

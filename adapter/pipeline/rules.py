@@ -307,6 +307,8 @@ class RoutingConfig(ConfigModel):
     #: Where instances go that no rule matches: destination names, or "drop". Unset: the
     #: plugin's own default (the importer's store, the exporter's destination).
     default: tuple[str, ...] | Literal["drop"] | None = None
+    #: Stages the default route applies (rules name their own ``stages``).
+    default_stages: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _unique_names(self) -> RoutingConfig:
@@ -318,6 +320,10 @@ class RoutingConfig(ConfigModel):
                 )
             seen.add(rule.name)
         return self
+
+    def stage_names(self) -> set[str]:
+        """Every stage a rule or the default route names."""
+        return {s for rule in self.rules for s in rule.stages} | set(self.default_stages)
 
     def destination_names(self) -> set[str]:
         """Every destination a rule or the default names."""
