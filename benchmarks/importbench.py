@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,6 +174,39 @@ class ImportBench:
                 return Timed(elapsed, cpu)
             finally:
                 peer.cleanup()
+
+        return measure(key, label, n, series.total_bytes, self.runs, once)
+
+    def stow_two_stores(self, series: Series, concurrency: int = 4) -> Measurement:
+        """The fan-out row's own limit: StowClient into two Orthancs at once (each with
+        ``concurrency`` requests in flight), on the same cores as everything else."""
+        n = len(series.instances)
+        key = "b-two-stores"
+        label = f"STOW-RS -> 2 Orthancs at once, StowClient, batch {min(BATCH, n)}, " \
+                f"concurrency {concurrency} each"
+        why_not = stow_client_available()
+        if why_not:
+            return Measurement(key, label, n, series.total_bytes, error=why_not)
+        post = STOW_VARIANTS["StowClient"]
+
+        def once(i: int) -> Timed:
+            peers = [fresh_orthanc(self._tmp(f"orthanc-{key}-{i}-{j}")) for j in range(2)]
+            try:
+                stored: list[int] = []
+                threads = [threading.Thread(target=lambda url=p.dicomweb_url: stored.append(
+                    post(url, series.instances, BATCH, concurrency))) for p in peers]
+                t0 = time.monotonic()
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                elapsed = time.monotonic() - t0
+                if stored != [n, n]:
+                    raise RuntimeError(f"stored {stored}, expected {n} in each")
+                return Timed(elapsed, {})
+            finally:
+                for p in peers:
+                    p.cleanup()
 
         return measure(key, label, n, series.total_bytes, self.runs, once)
 

@@ -150,6 +150,10 @@ def verdicts(rows: dict[str, Measurement]) -> list[str]:
         ratio = fan / single
         out.append(f"fan-out ratio c-a8-fan2 / c-a8 = {ratio:.2f} (two DICOMweb destinations "
                    f"against one, same run; target >= 0.8: {'MET' if ratio >= 0.8 else 'NOT MET'})")
+        two, one = _rate(rows, "b-two-stores"), _rate(rows, "b-StowClient-c4")
+        if two and one:
+            out.append(f"  the stores' own fan-out cost: b-two-stores / b-StowClient-c4 = "
+                       f"{two / one:.2f}; c-a8-fan2 / b-two-stores = {fan / two:.2f}")
     d = rows.get("d")
     if d is not None and d.runs:
         peak = d.extra_max("peak_rss_mb")
@@ -224,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(bench.through_adapter(series, 8))
             rows.append(bench.through_adapter(series, 8, processes=2))
             rows.append(bench.through_adapter(series, 8, fan_out=True))
+            rows.append(bench.stow_two_stores(series))
             if args.big_mb:
                 big = big_instance(cache, args.big_mb)
                 single = Series(big.path.parent, [big])
