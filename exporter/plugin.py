@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from collections.abc import Sequence
@@ -22,6 +23,12 @@ from exporter.sinks import build_sink
 from exporter.subscriber import SubscriberService, dead_letter_publisher, requeue_publisher
 
 
+def _use_emulator(config: ExporterConfig) -> None:
+    """``pubsub.emulator_host`` makes this process's Pub/Sub clients talk to the emulator."""
+    if config.pubsub.emulator_host:
+        os.environ["PUBSUB_EMULATOR_HOST"] = config.pubsub.emulator_host
+
+
 class ExporterPlugin:
     """DICOMweb -> PACS: Pub/Sub notifications, WADO-RS fetch, C-STORE or STOW-RS delivery."""
 
@@ -34,6 +41,7 @@ class ExporterPlugin:
         return []
 
     def build(self, context: PluginContext, config: ExporterConfig) -> Sequence[Service]:
+        _use_emulator(config)
         source = config.source or context.core.dicomweb
         if source is None:  # pragma: no cover - check() refuses this config
             raise ValueError("exporter: no source DICOMweb store")
@@ -91,6 +99,7 @@ class ExporterPlugin:
     def dead_letters(self, core: CoreConfig, config: ExporterConfig) -> DeadLetterQueue:
         """Local dead letters; retrying one publishes its notification again (see
         :func:`exporter.subscriber.requeue_publisher`)."""
+        _use_emulator(config)
         return DeadLetterQueue(
             config.state_dir / "deadletter", self.name, requeue=requeue_publisher(config.pubsub)
         )
