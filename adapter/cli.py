@@ -235,7 +235,13 @@ def site_schema() -> dict[str, Any]:
         sub = plugin.config_model.model_json_schema(ref_template="#/$defs/{model}")
         defs.update(sub.pop("$defs", {}))
         defs[sub["title"]] = sub
-        schema["properties"][name] = {"$ref": f"#/$defs/{sub['title']}"}
+        off = {  # a disabled section needs none of its keys (as the loader says)
+            "type": "object",
+            "properties": {"enabled": {"const": False}},
+            "required": ["enabled"],
+            "propertyNames": {"enum": sorted(sub["properties"])},
+        }
+        schema["properties"][name] = {"anyOf": [{"$ref": f"#/$defs/{sub['title']}"}, off]}
     schema["additionalProperties"] = False
     return schema
 

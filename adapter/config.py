@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -74,8 +75,14 @@ def _ae_title(value: Any) -> str:
     return value.strip()
 
 
-Port = Annotated[int, BeforeValidator(_port)]
-AeTitle = Annotated[str, BeforeValidator(_ae_title)]
+Port = Annotated[
+    int, BeforeValidator(_port), WithJsonSchema({"type": "integer", "minimum": 0, "maximum": 65535})
+]
+AeTitle = Annotated[
+    str,
+    BeforeValidator(_ae_title),
+    WithJsonSchema({"type": "string", "pattern": r"^[\x20-\x5b\x5d-\x7e]{1,16}$"}),
+]
 
 
 class LogConfig(ConfigModel):
