@@ -11,7 +11,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, NoReturn
@@ -102,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("--id", action="append", dest="ids", metavar="ID", help="only this entry")
     dl.add_argument("--all", action="store_true", help="every entry (needed for retry/purge)")
     dl.add_argument("--json", action="store_true", help="machine-readable output")
+
+    probe = sub.add_parser("probe", help="C-ECHO a DIMSE listener and GET health URLs (helm test)")
+    probe.add_argument("--echo", action="append", default=[], metavar="AE@HOST:PORT")
+    probe.add_argument("--calling-ae", default="HELMTEST", help="our AE title for --echo")
+    probe.add_argument("--http", action="append", default=[], metavar="URL", help="expect 2xx")
+    probe.add_argument("--timeout", type=float, default=10.0, help="seconds per probe")
 
     for name, what in (("import", "PACS -> DICOMweb"), ("export", "Pub/Sub -> PACS")):
         sub.add_parser(
@@ -265,6 +271,26 @@ def _validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _probe(args: argparse.Namespace) -> int:
+    """Run every probe, one line each; exit 1 if one failed."""
+    from adapter.probe import ProbeError, c_echo, http_ok
+
+    if not args.echo and not args.http:
+        raise ConfigError("probe: give --echo AE@HOST:PORT and/or --http URL")
+    failed = 0
+    checks: list[tuple[Callable[[str, float], str], str]] = [
+        (lambda t, s: c_echo(t, args.calling_ae, s), t) for t in args.echo
+    ]
+    checks += [(http_ok, u) for u in args.http]
+    for check, target in checks:
+        try:
+            print(f"ok: {check(target, args.timeout)}", flush=True)
+        except (ProbeError, ValueError) as exc:
+            print(f"FAILED: {exc}", flush=True)
+            failed += 1
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
 def _user_error(exc: Exception) -> str | None:
     """A one-line explanation for failures that are the user's to fix (missing credentials)."""
     try:
@@ -306,6 +332,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "deadletters":
             return _deadletters(args)
+        if args.command == "probe":
+            return _probe(args)
         if args.command == "run":
             site = load_config(args.config)
             level = "DEBUG" if args.verbose else args.log_level or site.core.log.level
