@@ -149,3 +149,50 @@ def test_template_refuses_a_mistyped_config_key_naming_it(chart: helm_python.Cha
 def test_disabled_exporter_needs_no_keys_in_the_chart(chart: helm_python.Chart) -> None:
     docs = render(chart, {"config": {"exporter": {"enabled": False}}})
     assert not kinds(docs, "Deployment")
+
+
+def _metric_names() -> set[str]:
+    from adapter import metrics
+
+    names: set[str] = set()
+    for family in metrics.REGISTRY.collect():
+        names |= {sample.name for sample in family.samples} | {family.name}
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+        if family.type == "histogram":
+            names |= {f"{family.name}_bucket", f"{family.name}_sum", f"{family.name}_count"}
+    return names
+
+
+def test_grafana_dashboard_ships_as_an_optional_labelled_configmap(
+    chart: helm_python.Chart,
+) -> None:
+    assert not [
+        c for c in kinds(render(chart), "ConfigMap") if "dashboard" in c["metadata"]["name"]
+    ]
+    docs = render(
+        chart, {"metrics": {"grafanaDashboard": {"enabled": True, "namespace": "monitoring"}}}
+    )
+    (cm,) = [c for c in kinds(docs, "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["namespace"] == "monitoring"
+    dashboard = json.loads(cm["data"]["dicom-adapter.json"])
+    assert dashboard == json.loads((CHART / "dashboards" / "dicom-adapter.json").read_text())
+
+
+def test_grafana_dashboard_queries_only_metrics_the_adapter_exports() -> None:
+    dashboard = json.loads((CHART / "dashboards" / "dicom-adapter.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b(dicom_adapter_\w+)", e)}
+    exported = _metric_names()
+    assert used and used <= exported, used - exported
+    titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
+    for needle in (
+        "received",
+        "delivered per destination",
+        "failed per destination",
+        "spool depth",
+        "spool oldest age",
+    ):
+        assert needle in titles
+    assert any("by (destination" in e for e in exprs)
