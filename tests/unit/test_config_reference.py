@@ -65,3 +65,11 @@ def test_gen_config_doc_check_passes_on_the_checked_in_files() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_local_yaml_says_where_the_other_keys_are() -> None:
+    local = (REPO / "configs" / "local.yaml").read_text()
+    assert "docs/configuration.md" in local
+    readme = (REPO / "README.md").read_text()
+    assert "every key commented" not in readme
+    assert "docs/configuration.md" in readme
