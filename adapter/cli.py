@@ -134,7 +134,18 @@ def run_site(site: SiteConfig, only: Sequence[str] | None = None) -> int:
     context.stop_event = supervisor.stop_event
     health = None
     if site.core.health.enabled:
-        health = HealthServer(site.core.health.bind, site.core.health.port, supervisor.readiness)
+        from adapter.status_report import StatusReport
+
+        letters = {n: plugins[n].dead_letters(site.core, site.plugins[n]) for n in names}
+        report = StatusReport(
+            site.site,
+            supervisor.status,
+            supervisor.readiness,
+            {n: q for n, q in letters.items() if q is not None},
+        )
+        health = HealthServer(
+            site.core.health.bind, site.core.health.port, supervisor.readiness, report
+        )
         health.start()
         log.info("health and metrics on http://%s:%d/", site.core.health.bind, health.port)
     log.info("dicom-adapter %s running site %r: %s", _version(), site.site, ", ".join(names))

@@ -19,7 +19,7 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from typing import Any
 
-from adapter import metrics
+from adapter import failures, metrics
 from adapter.dicomweb.stow import (
     FAILURE_DUPLICATE_SOP_INSTANCE,
     InstanceOutcome,
@@ -124,6 +124,17 @@ class UploadService:
 
     def readiness(self) -> dict[str, bool]:
         return {"upload_workers": bool(self._threads) and all(t.is_alive() for t in self._threads)}
+
+    def status(self) -> dict[str, Any]:
+        """For /status: the spool as the queue towards the DICOMweb store."""
+        return {
+            "kind": "queue",
+            "destination": f"dicomweb:{self.stow.base_url}",
+            "spool_depth": self.spool.depth(),
+            "spool_bytes": self.spool.bytes_used,
+            "spool_oldest_age_seconds": round(self.spool.oldest_age(), 1),
+            "workers": f"{sum(t.is_alive() for t in self._threads)}/{self.config.workers}",
+        }
 
     # ------------------------------------------------------------------ workers
     def _run(self, index: int) -> None:
@@ -293,6 +304,7 @@ class UploadService:
 
     def _retry(self, entry: SpoolEntry, exc: BaseException) -> None:
         entry.last_error = _short(exc)
+        failures.record(PLUGIN, "STOW-RS", exc, sop_instance_uid=entry.meta.sop_instance_uid)
         waiter = self._waiter(entry)
         if waiter is not None and waiter.cancelled():  # sender was answered: it will resend
             self.spool.complete(entry)
