@@ -9,18 +9,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from adapter import legacy_flags
 from adapter.config import SiteConfig, load_config, load_config_data
 from adapter.errors import ConfigError
 from adapter.log import configure_logging
+from adapter.suggest import did_you_mean
 
-__all__ = ["main", "run_site"]
+__all__ = ["main", "run_site", "runnable_plugins"]
 
 log = logging.getLogger("adapter")
 
@@ -34,8 +36,27 @@ def _version() -> str:
         return "0+unknown"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2) that suggest the closest flag or command."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``prog: message (did you mean ...?)`` and exit 2, no usage block."""
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            options = re.findall(r"'?([\w-]+)'?", choice[2])
+            message = f"invalid choice {choice[1]!r}{did_you_mean(choice[1], options)}"
+        self.exit(EXIT_CONFIG, f"{self.prog}: {message}; see '{self.prog} --help'\n")
+
+    def unknown_flags(self, extra: Sequence[str]) -> NoReturn:
+        """Refuse arguments no option takes, naming the closest option of this command."""
+        flags = [o for o in self._option_string_actions if o.startswith("--")]
+        bad = [a for a in extra if a.startswith("-")] or list(extra)
+        hint = did_you_mean(bad[0].split("=", 1)[0], flags) if bad[0].startswith("-") else ""
+        self.error(f"unrecognized argument {bad[0]}{hint}")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dicom-adapter",
         description="Bridge a PACS (DIMSE) and a DICOMweb store (e.g. the Google Cloud Healthcare "
         "API), both ways. Configure a site in YAML (see configs/) or pass the Java adapter's "
@@ -54,9 +75,22 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PLUGIN",
         help="run only this plugin (repeatable), e.g. one pod per direction on GKE",
     )
+    run.add_argument(
+        "-v", "--verbose", action="store_true", help="log at DEBUG (= --log-level DEBUG)"
+    )
+    run.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="override log.level of the site YAML",
+    )
 
-    val = sub.add_parser("validate", help="check a site YAML and exit (0 = valid)")
-    val.add_argument("--config", "-c", required=True, type=Path, help="site YAML file")
+    val = sub.add_parser(
+        "validate", help="check a site YAML as 'run' would and exit (0 = valid, 2 = invalid)"
+    )
+    val.add_argument("file", nargs="?", type=Path, metavar="FILE", help="site YAML file")
+    val.add_argument("--config", "-c", type=Path, help="site YAML file (same as FILE)")
+    val.add_argument("--only", action="append", metavar="PLUGIN", help="as for 'run'")
     val.add_argument("--print", action="store_true", help="print the effective config as JSON")
 
     sub.add_parser("schema", help="print the JSON Schema of the site YAML")
@@ -79,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("--all", action="store_true", help="every entry (needed for retry/purge)")
     dl.add_argument("--json", action="store_true", help="machine-readable output")
 
+    probe = sub.add_parser("probe", help="C-ECHO a DIMSE listener and GET health URLs (helm test)")
+    probe.add_argument("--echo", action="append", default=[], metavar="AE@HOST:PORT")
+    probe.add_argument("--calling-ae", default="HELMTEST", help="our AE title for --echo")
+    probe.add_argument("--http", action="append", default=[], metavar="URL", help="expect 2xx")
+    probe.add_argument("--timeout", type=float, default=10.0, help="seconds per probe")
+
     for name, what in (("import", "PACS -> DICOMweb"), ("export", "Pub/Sub -> PACS")):
         sub.add_parser(
             name,
@@ -95,12 +135,7 @@ def run_site(site: SiteConfig, only: Sequence[str] | None = None) -> int:
     from adapter.service import Service, Supervisor
 
     plugins = discover_plugins()
-    names = [n for n in site.enabled_plugins() if not only or n in only]
-    unknown = [n for n in (only or []) if n not in plugins]
-    if unknown:
-        raise ConfigError(f"--only: unknown plugin {unknown[0]!r} (have: {', '.join(plugins)})")
-    if not names:
-        raise ConfigError(f"{site.source}: no plugin enabled (set importer: or exporter:)")
+    names = runnable_plugins(site, only)
     context = PluginContext(site=site)
     services: list[Service] = []
     for name in names:
@@ -109,7 +144,18 @@ def run_site(site: SiteConfig, only: Sequence[str] | None = None) -> int:
     context.stop_event = supervisor.stop_event
     health = None
     if site.core.health.enabled:
-        health = HealthServer(site.core.health.bind, site.core.health.port, supervisor.readiness)
+        from adapter.status_report import StatusReport
+
+        letters = {n: plugins[n].dead_letters(site.core, site.plugins[n]) for n in names}
+        report = StatusReport(
+            site.site,
+            supervisor.status,
+            supervisor.readiness,
+            {n: q for n, q in letters.items() if q is not None},
+        )
+        health = HealthServer(
+            site.core.health.bind, site.core.health.port, supervisor.readiness, report
+        )
         health.start()
         log.info("health and metrics on http://%s:%d/", site.core.health.bind, health.port)
     log.info("dicom-adapter %s running site %r: %s", _version(), site.site, ", ".join(names))
@@ -120,6 +166,35 @@ def run_site(site: SiteConfig, only: Sequence[str] | None = None) -> int:
             health.stop()
         context.close()
     return EXIT_OK
+
+
+def known_plugin(name: str, flag: str) -> str:
+    """``name`` if a plugin has it, else a ConfigError naming the flag and the closest name."""
+    from adapter.plugin import discover_plugins
+
+    plugins = discover_plugins()
+    if name not in plugins:
+        raise ConfigError(
+            f"{flag} {name}: unknown plugin{did_you_mean(name, plugins)}; "
+            f"have: {', '.join(sorted(plugins))}"
+        )
+    return name
+
+
+def runnable_plugins(site: SiteConfig, only: Sequence[str] | None = None) -> list[str]:
+    """The plugins ``run`` would start; the same ConfigErrors for ``validate`` and ``run``."""
+    for name in only or []:
+        known_plugin(name, "--only")
+    enabled = site.enabled_plugins()
+    off = [n for n in only or [] if n not in enabled]
+    if off:
+        raise ConfigError(f"{site.source}: --only {off[0]}: {off[0]} is not enabled in this file")
+    names = [n for n in enabled if not only or n in only]
+    if not names:
+        raise ConfigError(
+            f"{site.source}: no plugin enabled (add an importer: or exporter: section)"
+        )
+    return names
 
 
 def _legacy(command: str, argv: Sequence[str]) -> int:
@@ -141,12 +216,16 @@ def _deadletters(args: argparse.Namespace) -> int:
 
     site = load_config(args.config)
     plugins = discover_plugins()
+    if args.plugin:
+        known_plugin(args.plugin, "--plugin")
+        if args.plugin not in site.enabled_plugins():
+            raise ConfigError(f"{site.source}: --plugin {args.plugin}: not enabled in this file")
     if args.action in ("retry", "purge") and not (args.all or args.ids):
         raise ConfigError(f"deadletters {args.action}: give --id ID or --all")
     ids = None if args.all else args.ids
     rows: list[dict[str, Any]] = []
     for name, cfg in site.plugins.items():
-        if args.plugin and name != args.plugin:
+        if (args.plugin and name != args.plugin) or name not in site.enabled_plugins():
             continue
         queue = plugins[name].dead_letters(site.core, cfg)
         if queue is None:
@@ -233,41 +312,92 @@ def site_schema() -> dict[str, Any]:
         sub = plugin.config_model.model_json_schema(ref_template="#/$defs/{model}")
         defs.update(sub.pop("$defs", {}))
         defs[sub["title"]] = sub
-        schema["properties"][name] = {"$ref": f"#/$defs/{sub['title']}"}
+        off = {  # a disabled section needs none of its keys (as the loader says)
+            "type": "object",
+            "properties": {"enabled": {"const": False}},
+            "required": ["enabled"],
+            "propertyNames": {"enum": sorted(sub["properties"])},
+        }
+        schema["properties"][name] = {"anyOf": [{"$ref": f"#/$defs/{sub['title']}"}, off]}
     schema["additionalProperties"] = False
     return schema
+
+
+def _validate(args: argparse.Namespace) -> int:
+    """``validate [FILE]``: the checks ``run`` makes before it starts anything."""
+    if args.file and args.config and args.file != args.config:
+        raise ConfigError(f"validate: two files given ({args.file}, {args.config}): give one")
+    path = args.file or args.config
+    if path is None:
+        raise ConfigError("validate: give the site YAML: dicom-adapter validate FILE")
+    site = load_config(path)
+    names = runnable_plugins(site, args.only)
+    if args.print:
+        effective = {
+            "core": site.core.model_dump(mode="json"),
+            **{k: v.model_dump(mode="json") for k, v in site.plugins.items()},
+        }
+        print(json.dumps(effective, indent=2))
+    print(f"{path}: valid (plugins enabled: {', '.join(names)})")
+    return EXIT_OK
+
+
+def _probe(args: argparse.Namespace) -> int:
+    """Run every probe, one line each; exit 1 if one failed."""
+    from adapter.probe import ProbeError, c_echo, http_ok
+
+    if not args.echo and not args.http:
+        raise ConfigError("probe: give --echo AE@HOST:PORT and/or --http URL")
+    failed = 0
+    checks: list[tuple[Callable[[str, float], str], str]] = [
+        (lambda t, s: c_echo(t, args.calling_ae, s), t) for t in args.echo
+    ]
+    checks += [(http_ok, u) for u in args.http]
+    for check, target in checks:
+        try:
+            print(f"ok: {check(target, args.timeout)}", flush=True)
+        except (ProbeError, ValueError) as exc:
+            print(f"FAILED: {exc}", flush=True)
+            failed += 1
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _user_error(exc: Exception) -> str | None:
+    """A one-line explanation for failures that are the user's to fix (missing credentials)."""
+    try:
+        from google.auth.exceptions import DefaultCredentialsError
+    except ImportError:  # pragma: no cover - google-auth is a dependency
+        return None
+    if isinstance(exc, DefaultCredentialsError):
+        return (
+            "no Google credentials (Application Default Credentials not found): on GKE use "
+            "Workload Identity, elsewhere 'gcloud auth application-default login'; for the "
+            "Pub/Sub emulator set exporter.pubsub.emulator_host (or PUBSUB_EMULATOR_HOST)"
+        )
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
+    command = "dicom-adapter"
     try:
         if legacy_flags.is_legacy_import_invocation(args_list):
             return _legacy("import", args_list)
         if args_list and args_list[0] in ("import", "export"):
             return _legacy(args_list[0], args_list[1:])
         parser = _parser()
-        args = parser.parse_args(args_list)
+        args, extra = parser.parse_known_args(args_list)
+        if args.command is not None:
+            command = f"dicom-adapter {args.command}"
+        if extra:
+            sub = _subparser(parser, args.command)
+            sub.unknown_flags(extra)
         if args.command is None:
             parser.print_help()
             return EXIT_CONFIG
         if args.command == "validate":
-            site = load_config(args.config)
-            if args.print:
-                print(
-                    json.dumps(
-                        {
-                            "core": site.core.model_dump(mode="json"),
-                            **{k: v.model_dump(mode="json") for k, v in site.plugins.items()},
-                        },
-                        indent=2,
-                    )
-                )
-            print(
-                f"{args.config}: valid (plugins enabled: "
-                f"{', '.join(site.enabled_plugins()) or 'none'})"
-            )
-            return EXIT_OK
+            return _validate(args)
         if args.command == "schema":
             print(json.dumps(site_schema(), indent=2, sort_keys=True))
             return EXIT_OK
@@ -275,9 +405,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _deadletters(args)
         if args.command == "route":
             return _route(args)
+        if args.command == "probe":
+            return _probe(args)
         if args.command == "run":
             site = load_config(args.config)
-            configure_logging(site.core.log.format, site.core.log.level)
+            level = "DEBUG" if args.verbose else args.log_level or site.core.log.level
+            configure_logging(site.core.log.format, level)
             return run_site(site, args.only)
         parser.error(f"unknown command {args.command}")
     except ConfigError as exc:
@@ -286,10 +419,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     except Exception as exc:  # a service that cannot start: one clear line, not a traceback
-        log.error("dicom-adapter stopped: %s: %s", type(exc).__name__, exc)
-        print(f"dicom-adapter: cannot run: {type(exc).__name__}: {exc}", file=sys.stderr)
+        hint = _user_error(exc)
+        if hint is not None:
+            print(f"{command}: {hint}", file=sys.stderr)
+            return EXIT_CONFIG
+        if logging.getLogger().handlers:  # the run's log gets it too (JSON for Cloud Logging)
+            log.error("dicom-adapter stopped: %s: %s", type(exc).__name__, exc)
+        print(f"{command}: cannot run: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_FAILURE
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str | None) -> _Parser:
+    """The parser of ``command`` (the top-level one when there is none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            sub = action.choices[command]
+            assert isinstance(sub, _Parser)
+            return sub
+    assert isinstance(parser, _Parser)
+    return parser
 
 
 if __name__ == "__main__":

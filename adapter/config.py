@@ -125,16 +125,25 @@ def _loc(prefix: str, loc: tuple[int | str, ...]) -> str:
     return path or "<top>"
 
 
-def format_validation_error(error: ValidationError, prefix: str = "") -> list[str]:
-    """One line per problem: ``key.path: expected ..., got ...``."""
+def format_validation_error(
+    error: ValidationError,
+    prefix: str = "",
+    model: type[BaseModel] | None = None,
+    extra_keys: tuple[str, ...] = (),
+) -> list[str]:
+    """One line per problem: ``key.path: expected ..., got ...``; an unknown key of ``model``
+    gets a did-you-mean (``extra_keys``: more valid top-level names, e.g. the plugin sections)."""
+    from adapter.suggest import suggest_key
+
     lines: list[str] = []
     for item in error.errors(include_url=False):
         where = _loc(prefix, tuple(item["loc"]))
         kind = item["type"]
         if kind == "missing":
-            lines.append(f"{where}: required key is missing")
+            lines.append(f"{where}{_MISSING}")
         elif kind == "extra_forbidden":
-            lines.append(f"{where}: unknown key")
+            hint = suggest_key(model, tuple(item["loc"]), extra_keys)
+            lines.append(f"{where}: unknown key{hint}")
         else:
             msg = item["msg"].replace("Input should be ", "expected ")
             msg = msg.replace("Value error, ", "")
@@ -146,6 +155,13 @@ def format_validation_error(error: ValidationError, prefix: str = "") -> list[st
             else:
                 lines.append(f"{where}: {msg}, got {_render(shown)}")
     return lines
+
+
+_MISSING = ": required key is missing"
+
+
+def _disabled(section: Any) -> bool:
+    return isinstance(section, Mapping) and section.get("enabled") is False
 
 
 def load_config_data(data: Any, source: str = "<config>") -> SiteConfig:
@@ -163,7 +179,7 @@ def load_config_data(data: Any, source: str = "<config>") -> SiteConfig:
     try:
         core = CoreConfig.model_validate(core_data)
     except ValidationError as exc:
-        problems += format_validation_error(exc)
+        problems += format_validation_error(exc, model=CoreConfig, extra_keys=tuple(plugins))
     plugin_configs: dict[str, BaseModel] = {}
     for name, plugin in plugins.items():
         if name not in data:
@@ -172,7 +188,11 @@ def load_config_data(data: Any, source: str = "<config>") -> SiteConfig:
         try:
             plugin_configs[name] = plugin.config_model.model_validate(section)
         except ValidationError as exc:
-            problems += format_validation_error(exc, prefix=name)
+            found = format_validation_error(exc, prefix=name, model=plugin.config_model)
+            if _disabled(section):  # needs none of its keys; typos and wrong types still count
+                found = [p for p in found if not p.endswith(_MISSING)]
+                plugin_configs[name] = plugin.config_model.model_construct(**section)
+            problems += found
     if not problems and core is not None:
         for name, cfg in plugin_configs.items():
             if getattr(cfg, "enabled", True):

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 from pydantic_core import PydanticCustomError
 
 __all__ = [
@@ -58,8 +58,14 @@ def _ae_title(value: Any) -> str:
     return value.strip()
 
 
-Port = Annotated[int, BeforeValidator(_port)]
-AeTitle = Annotated[str, BeforeValidator(_ae_title)]
+Port = Annotated[
+    int, BeforeValidator(_port), WithJsonSchema({"type": "integer", "minimum": 0, "maximum": 65535})
+]
+AeTitle = Annotated[
+    str,
+    BeforeValidator(_ae_title),
+    WithJsonSchema({"type": "string", "pattern": r"^[\x20-\x5b\x5d-\x7e]{1,16}$"}),
+]
 
 
 class LogConfig(ConfigModel):

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from adapter import metrics
+from adapter import failures, metrics
 
 __all__ = ["DeadLetter", "DeadLetterQueue"]
 
@@ -90,6 +90,15 @@ class DeadLetterQueue:
         os.replace(tmp, self.directory / f"{entry_id}.json")
         fsync_dir(self.directory)
         metrics.DEAD_LETTERS_TOTAL.labels(plugin=self.plugin, reason=reason_class).inc()
+        failures.record(
+            self.plugin,
+            "dead-lettered",
+            entry.reason,
+            permanent=True,
+            dimse_status=entry.dimse_status,
+            http_status=entry.http_status,
+            sop_instance_uid=entry.sop_instance_uid,
+        )
         log.warning(
             "dead-lettered: %s",
             entry.reason,
@@ -116,6 +125,21 @@ class DeadLetterQueue:
     def payload_path(self, entry: DeadLetter) -> Path | None:
         path = self.directory / f"{entry.id}.dcm"
         return path if entry.has_payload and path.exists() else None
+
+    def summary(self, limit: int = 10) -> dict[str, Any]:
+        """How many entries there are and the newest ``limit`` (for the status page)."""
+        if not self.directory.is_dir():
+            return {"count": 0, "recent": []}
+        paths = sorted(self.directory.glob("*.json"))
+        recent = []
+        for path in reversed(paths[-limit:]):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            keys = ("id", "reason", "sop_instance_uid", "http_status", "dimse_status", "attempts")
+            recent.append({k: data.get(k) for k in keys} | {"time": data.get("last_attempt")})
+        return {"count": len(paths), "directory": str(self.directory), "recent": recent}
 
     def _select(self, ids: Iterable[str] | None) -> list[DeadLetter]:
         wanted = set(ids) if ids is not None else None

@@ -12,11 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from adapter import metrics
+from adapter import failures, metrics
 from adapter.destinations.base import DeliveryOutcome, Destination
 from adapter.errors import PermanentError, TransientError
 from adapter.pipeline.instance import Instance, Origin
@@ -65,7 +64,6 @@ class DeliveryService:
         self._lock = threading.Lock()
         self._failing_since: float | None = None
         self._last_error: str | None = None
-        self._recent_failures: deque[dict[str, Any]] = deque(maxlen=20)
         self._labels = {"plugin": plugin, "destination": destination.name}
 
     # ------------------------------------------------------------------ Service
@@ -117,17 +115,17 @@ class DeliveryService:
         """State for /status and /readyz: up or failing since when and why, queue depth."""
         with self._lock:
             failing, error = self._failing_since, self._last_error
-            recent = list(self._recent_failures)
         return {
+            "kind": "queue",
             "destination": self.destination.name,
-            "kind": self.destination.kind,
+            "type": self.destination.kind,
             "plugin": self.plugin,
             "state": "up" if failing is None else "failing",
             "failing_for_seconds": round(time.time() - failing, 1) if failing else 0.0,
             "last_error": error,
             "queued": self.outbox.depth(),
             "oldest_age_seconds": round(self.outbox.oldest_age(), 1),
-            "recent_failures": recent,
+            "workers": f"{sum(t.is_alive() for t in self._threads)}/{self.workers}",
         }
 
     @property
@@ -273,15 +271,16 @@ class DeliveryService:
             )
 
     def _failed(self, entry: SpoolEntry, outcome: DeliveryOutcome, *, transient: bool) -> None:
-        record = {
-            "time": time.time(),
-            "sop_instance_uid": entry.sop_instance_uid,
-            "reason": outcome.detail,
-            "http_status": outcome.http_status,
-            "status": f"0x{outcome.status:04X}" if outcome.status is not None else None,
-        }
+        failures.record(
+            self.plugin,
+            f"deliver to {self.destination.name}",
+            outcome.detail or "failed",
+            permanent=not transient,
+            dimse_status=outcome.status,
+            http_status=outcome.http_status,
+            sop_instance_uid=entry.sop_instance_uid,
+        )
         with self._lock:
-            self._recent_failures.append(record)
             if not transient:
                 return
             self._last_error = outcome.detail

@@ -1,4 +1,5 @@
-"""Tiny HTTP server for Kubernetes probes and Prometheus: /healthz, /readyz, /metrics.
+"""Tiny HTTP server for Kubernetes probes, Prometheus and operators: /healthz, /readyz, /metrics,
+and, when given a status callable, /status.json and the /status page.
 
 Runs in daemon threads next to the DIMSE and Pub/Sub machinery; it never blocks shutdown.
 """
@@ -16,10 +17,13 @@ from typing import Any
 from adapter import metrics
 from adapter.errors import ListenError
 
-__all__ = ["HealthServer", "ReadinessCheck"]
+__all__ = ["HealthServer", "ReadinessCheck", "StatusSource"]
 
 ReadinessCheck = Callable[[], dict[str, bool]]
 """Returns named readiness checks; the pod is ready only when every value is True."""
+
+StatusSource = Callable[[], dict[str, Any]]
+"""Returns the JSON-ready snapshot of /status.json (see adapter.status_report)."""
 
 _log = logging.getLogger(__name__)
 _TEXT = "text/plain; charset=utf-8"
@@ -31,9 +35,12 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], readiness: ReadinessCheck) -> None:
+    def __init__(
+        self, address: tuple[str, int], readiness: ReadinessCheck, status: StatusSource | None
+    ) -> None:
         super().__init__(address, _Handler)
         self.readiness = readiness
+        self.status = status
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -60,6 +67,12 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/metrics":
             body, content_type = metrics.render_latest()
             self._reply(HTTPStatus.OK, body, content_type, send_body)
+        elif path in ("/status", "/status/") and self.server.status is not None:
+            from adapter.status_page import PAGE
+
+            self._reply(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8", send_body)
+        elif path in ("/status.json", "/status/status.json") and self.server.status is not None:
+            self._status_json(send_body)
         else:
             self._reply(HTTPStatus.NOT_FOUND, b"not found\n", _TEXT, send_body)
 
@@ -77,6 +90,23 @@ class _Handler(BaseHTTPRequestHandler):
         status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
         body = json.dumps(payload, sort_keys=True).encode() + b"\n"
         self._reply(status, body, "application/json", send_body)
+
+    def _status_json(self, send_body: bool) -> None:
+        source = self.server.status
+        assert source is not None
+        try:
+            body = json.dumps(source(), sort_keys=True, default=str).encode() + b"\n"
+        except Exception as exc:  # the page shows the error and keeps polling
+            _log.warning("status snapshot failed: %s", exc)
+            error = {"error": f"{type(exc).__name__}: {exc}"}
+            self._reply(
+                HTTPStatus.INTERNAL_SERVER_ERROR,
+                json.dumps(error).encode(),
+                "application/json",
+                send_body,
+            )
+            return
+        self._reply(HTTPStatus.OK, body, "application/json", send_body)
 
     def _reply(self, status: HTTPStatus, body: bytes, content_type: str, send_body: bool) -> None:
         self.send_response(status)
@@ -102,10 +132,13 @@ class HealthServer:
     (read it back from ``.port``).
     """
 
-    def __init__(self, bind: str, port: int, readiness: ReadinessCheck) -> None:
+    def __init__(
+        self, bind: str, port: int, readiness: ReadinessCheck, status: StatusSource | None = None
+    ) -> None:
         self._bind = bind
         self._requested_port = port
         self._readiness = readiness
+        self._status = status
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -134,7 +167,7 @@ class HealthServer:
             if self._server is not None:
                 return self
             try:
-                server = _Server((self._bind, self._requested_port), self._readiness)
+                server = _Server((self._bind, self._requested_port), self._readiness, self._status)
             except OSError as exc:
                 raise ListenError("health server", self._bind, self._requested_port, exc) from None
             thread = threading.Thread(

@@ -14,7 +14,9 @@ Usage from other modules::
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -23,6 +25,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     Info,
+    ProcessCollector,
     generate_latest,
 )
 
@@ -46,6 +49,7 @@ __all__ = [
     "INSTANCES_SPOOLED_TOTAL",
     "INSTANCES_UPLOADED_TOTAL",
     "PREFIX",
+    "PROCESS",
     "REGISTRY",
     "RETRIES_TOTAL",
     "SPOOL_BYTES",
@@ -55,6 +59,7 @@ __all__ = [
     "UPLOAD_BATCH_DURATION_SECONDS",
     "UPLOAD_RESULTS_TOTAL",
     "dimse_status_label",
+    "package_version",
     "render_latest",
     "set_spool_bytes_callback",
     "set_spool_depth_callback",
@@ -65,7 +70,10 @@ PREFIX = "dicom_adapter_"
 """Common prefix of every metric name exported by this module."""
 
 REGISTRY = CollectorRegistry(auto_describe=True)
-"""Dedicated registry: only adapter metrics, no default process/GC collectors from other libs."""
+"""Dedicated registry: only adapter metrics (other libraries' default collectors stay out)."""
+
+PROCESS = ProcessCollector(namespace="dicom_adapter", registry=REGISTRY)
+"""``dicom_adapter_process_*``: CPU seconds, resident memory, open fds, start time (Linux)."""
 
 DIMSE_SERVICES: tuple[str, ...] = ("C-ECHO", "C-STORE", "C-FIND", "C-MOVE", "C-GET")
 """Allowed values of the ``service`` label."""
@@ -86,7 +94,18 @@ BUILD_INFO = Info(
     "Adapter build information (version); set once at startup.",
     registry=REGISTRY,
 )
-"""Info metric ``dicom_adapter_build_info``; call ``BUILD_INFO.info({"version": ...})``."""
+"""Info metric ``dicom_adapter_build_info{version, python}``, set at import below."""
+
+
+def package_version() -> str:
+    """The installed dicom-adapter version (``0+unknown`` when run from a bare checkout)."""
+    try:
+        return version("dicom-adapter")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+BUILD_INFO.info({"version": package_version(), "python": platform.python_version()})
 
 # --- DIMSE associations and requests ----------------------------------------------------------
 

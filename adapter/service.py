@@ -7,7 +7,7 @@ import signal
 import threading
 from collections.abc import Sequence
 from types import FrameType
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from adapter.errors import ListenError
 
@@ -33,6 +33,12 @@ class Service(Protocol):
     def readiness(self) -> dict[str, bool]:
         """Named readiness checks for /readyz, e.g. {'dimse_listener': True}."""
         ...
+
+    # Optional, looked up with getattr (not part of the Protocol, so older services still fit):
+    #   def status(self) -> dict[str, Any]
+    # a JSON-ready snapshot for /status.json and the /status page: "kind" ("listener", "queue",
+    # "subscriber", ...) groups it on the page, other keys are shown as they are. UIDs at most,
+    # never patient data; cheap (it is polled every few seconds).
 
 
 class Supervisor:
@@ -83,6 +89,19 @@ class Supervisor:
         running = len(self._started) == len(self.services)
         checks["started"] = running and not self.stop_event.is_set()
         return checks
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Each service's optional ``status()`` snapshot by name; a failing one says so."""
+        out: dict[str, dict[str, Any]] = {}
+        for service in self.services:
+            method = getattr(service, "status", None)
+            if not callable(method):
+                continue
+            try:
+                out[service.name] = dict(method())
+            except Exception as exc:
+                out[service.name] = {"kind": "error", "error": f"{type(exc).__name__}: {exc}"}
+        return out
 
     def run_forever(self, install_signals: bool = True) -> None:
         """Start, wait for SIGTERM/SIGINT (or stop_event), then stop."""

@@ -37,6 +37,7 @@ class PubSubConfig(ConfigModel):
     max_outstanding_bytes: int = Field(64 * 1024**2, ge=1024)
     max_delivery_attempts: int = Field(10, ge=1)  # then dead letter (local record)
     dead_letter_topic: str | None = None
+    emulator_host: str | None = None  # host:port of the Pub/Sub emulator (= PUBSUB_EMULATOR_HOST)
 
 
 class FilterConfig(ConfigModel):

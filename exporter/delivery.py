@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from pydicom import dcmread
 
-from adapter import metrics
+from adapter import failures, metrics
 from adapter.deadletter import DeadLetterQueue
 from adapter.dicomweb.wado import WadoClient
 from adapter.errors import AdapterError, PermanentError
@@ -271,6 +271,7 @@ class MessageHandler:
             exc,
             extra={"sop_instance_uid": uid},
         )
+        failures.record("exporter", "WADO-RS fetch", exc, sop_instance_uid=uid)
         metrics.EXPORT_MESSAGES_NACKED_TOTAL.inc()
         metrics.RETRIES_TOTAL.labels(plugin="exporter").inc()
         self.nacks.schedule(message, delay)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from collections.abc import Sequence
@@ -24,6 +25,12 @@ from exporter.delivery import DelayedNacks, MessageHandler
 from exporter.echo_guard import EchoGuard
 from exporter.filters import NotificationFilter
 from exporter.subscriber import SubscriberService, dead_letter_publisher, requeue_publisher
+
+
+def _use_emulator(config: ExporterConfig) -> None:
+    """``pubsub.emulator_host`` makes this process's Pub/Sub clients talk to the emulator."""
+    if config.pubsub.emulator_host:
+        os.environ["PUBSUB_EMULATOR_HOST"] = config.pubsub.emulator_host
 
 
 class ExporterPlugin:
@@ -64,6 +71,7 @@ class ExporterPlugin:
         )
 
     def build(self, context: PluginContext, config: ExporterConfig) -> Sequence[Service]:
+        _use_emulator(config)
         source = config.source or context.core.dicomweb
         if source is None:  # pragma: no cover - check() refuses this config
             raise ValueError("exporter: no source DICOMweb store")
@@ -134,6 +142,7 @@ class ExporterPlugin:
         """Local dead letters. Retrying one a destination refused puts the instance back into
         that destination's outbox; one without an instance publishes its notification again
         (see :func:`exporter.subscriber.requeue_publisher`)."""
+        _use_emulator(config)
         republish = requeue_publisher(config.pubsub)
 
         def requeue(entry: DeadLetter, payload: Path | None) -> None:

@@ -195,3 +195,14 @@ class SubscriberService:
         with self._lock:
             future = self._future
         return {"streaming_pull": future is not None and not future.done()}
+
+    def status(self) -> dict[str, Any]:
+        """For /status: the subscription we read and the destinations we route to."""
+        pipeline = getattr(self.callback, "pipeline", None)
+        return {
+            "kind": "subscriber",
+            "subscription": self.path,
+            "destinations": ", ".join(getattr(pipeline, "deliveries", {})) or "?",
+            "streaming": self.readiness()["streaming_pull"],
+            "workers": self.workers,
+        }

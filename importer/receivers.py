@@ -344,6 +344,17 @@ class ReceiverPool:
             self._monitor.join(2.0)
         self._children, self._monitor = [], None
 
+    def status(self) -> dict[str, Any]:
+        """For /status: the shared DIMSE port and its receiving processes."""
+        return {
+            "kind": "listener",
+            "ae_title": self.config.dimse.ae_title,
+            "address": f"{self.config.dimse.bind}:{self.config.dimse.port}",
+            "receivers_alive": f"{sum(c.process.is_alive() for c in self._children)}"
+            f"/{self.config.dimse.processes}",
+            "allowed_calling_aets": list(self.config.dimse.allowed_calling_aets) or "any",
+        }
+
     def readiness(self) -> dict[str, bool]:
         alive = bool(self._children) and all(c.process.is_alive() for c in self._children)
         return {"dimse_receivers": alive}

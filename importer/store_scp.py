@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import evt
 from pynetdicom.events import Event
 
-from adapter import metrics
+from adapter import failures, metrics
 from adapter.dimse.server import Handler, on_c_echo
 from adapter.dimse.storage_acceptor import StoreRequest, StoreResult
 from adapter.pipeline.waiter import DeliveryWaiter, Verdict
@@ -142,6 +142,14 @@ class StoreScp:
 
     @staticmethod
     def _log_refusal(request: StoreRequest, status: int, comment: str | None) -> None:
+        failures.record(
+            "importer",
+            f"C-STORE from {request.calling_ae}",
+            comment or "refused",
+            dimse_status=int(status),
+            sop_instance_uid=printable(request.sop_instance_uid),
+            peer=request.peer,
+        )
         log.warning(
             "C-STORE refused: %s",
             comment,

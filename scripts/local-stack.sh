@@ -19,10 +19,13 @@
 #   ORTHANC_EXTRA_CONFIG    '{"Key": value}'            JSON merged into the generated config
 #   PUBSUB_PORT PUBSUB_PROJECT PUBSUB_TOPIC PUBSUB_SUBSCRIPTION PUBSUB_ACK_DEADLINE
 #   LOCAL_STACK_DIR         state directory (default: <repo>/.local-stack)
+#   PUBSUB_EMULATOR_BIN     the emulator (installed by scripts/install-pubsub-emulator.sh when absent)
 #   LOCAL_STACK_NO_INSTALL=1  never call apt-get
 #   LOCAL_STACK_TIMEOUT     seconds to wait for each service (default 60)
 #
-# Only 127.0.0.1 is used. `down` signals only the PIDs recorded by `up`, after checking that
+# Without the emulator (it cannot be installed), `up` starts Orthanc only and says so in one line;
+# the adapter then runs import-only (scripts/run-local.sh does). A failed `up` stops what it
+# started. Only 127.0.0.1 is used. `down` signals only the PIDs recorded by `up`, after checking that
 # each still runs the expected program. The system Orthanc service is never touched.
 set -euo pipefail
 
@@ -54,16 +57,17 @@ PACKAGES=(dcmtk orthanc orthanc-dicomweb orthanc-python default-jre-headless)
 
 log() { printf '[local-stack] %s\n' "$*"; }
 die() { printf '[local-stack] ERROR: %s\n' "$*" >&2; exit 1; }
+PUBSUB_AVAILABLE=1
+STARTED=()
 
 # ------------------------------------------------------------------------------ install
 install_missing() {
-    if [[ "${LOCAL_STACK_NO_INSTALL:-}" == 1 ]]; then
-        return 0
-    fi
     local missing=() pkg
-    for pkg in "${PACKAGES[@]}"; do
-        dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-    done
+    if [[ "${LOCAL_STACK_NO_INSTALL:-}" != 1 ]]; then
+        for pkg in "${PACKAGES[@]}"; do
+            dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+        done
+    fi
     if ((${#missing[@]} > 0)); then
         log "installing: ${missing[*]}"
         local sudo=()
@@ -90,8 +94,9 @@ install_missing() {
     fi
     [[ -x "$ORTHANC_BIN" ]] || die "$ORTHANC_BIN missing (package orthanc)"
     [[ -f "$ORTHANC_PLUGIN_DIR/libOrthancDicomWeb.so" ]] || die "DICOMweb plugin missing (package orthanc-dicomweb)"
-    [[ -x "$PUBSUB_BIN" ]] || die "Pub/Sub emulator missing at $PUBSUB_BIN (package google-cloud-cli-pubsub-emulator, preinstalled on this machine kind; set PUBSUB_EMULATOR_BIN)"
-    command -v java >/dev/null || die "java missing (package default-jre-headless)"
+    if ! PUBSUB_EMULATOR_BIN="$PUBSUB_BIN" bash "$ROOT/scripts/install-pubsub-emulator.sh" >&2; then
+        PUBSUB_AVAILABLE=0
+    fi
 }
 
 # ------------------------------------------------------------------------------ helpers
@@ -314,6 +319,9 @@ export ORTHANC_URL=http://$HOST:$ORTHANC_HTTP_PORT
 export ORTHANC_DICOM_HOST=$HOST
 export ORTHANC_DICOM_PORT=$ORTHANC_DICOM_PORT
 export ORTHANC_AET=$ORTHANC_AET
+EOF
+    [[ -e "$STATE/import-only" ]] && return 0
+    cat <<EOF
 export PUBSUB_EMULATOR_HOST=$HOST:$PUBSUB_PORT
 export PUBSUB_PROJECT_ID=$PUBSUB_PROJECT
 export PUBSUB_TOPIC=projects/$PUBSUB_PROJECT/topics/$PUBSUB_TOPIC
@@ -321,12 +329,32 @@ export PUBSUB_SUBSCRIPTION=projects/$PUBSUB_PROJECT/subscriptions/$PUBSUB_SUBSCR
 EOF
 }
 
+rollback() { # a failed `up` stops what this `up` started (by the PIDs it recorded)
+    local name
+    for name in "${STARTED[@]}"; do
+        case $name in
+            orthanc) stop_pid orthanc "$ORTHANC_BIN" ;;
+            pubsub) stop_pid pubsub cloud-pubsub-emulator ;;
+        esac
+    done
+}
+
 cmd_up() {
     mkdir -p "$STATE"
+    trap 'rc=$?; if ((rc != 0)); then log "up failed: stopping what it started"; rollback; fi' EXIT
     install_missing
+    pid_of orthanc "$ORTHANC_BIN" >/dev/null || STARTED+=(orthanc)
     orthanc_up
-    pubsub_up
+    rm -f "$STATE/import-only"
+    if ((PUBSUB_AVAILABLE)); then
+        pid_of pubsub cloud-pubsub-emulator >/dev/null || STARTED+=(pubsub)
+        pubsub_up
+    else
+        log "no Pub/Sub emulator: started Orthanc only, so the adapter runs import-only (PACS -> store)"
+        touch "$STATE/import-only"
+    fi
     print_env >"$STATE/env"
+    trap - EXIT
     log "ready; for the adapter: source $STATE/env"
     print_env
 }
@@ -350,7 +378,9 @@ cmd_status() {
         log "orthanc: down"
         rc=1
     fi
-    if pid=$(pid_of pubsub cloud-pubsub-emulator); then
+    if [[ -e "$STATE/import-only" ]]; then
+        log "pubsub: not used (no emulator: import-only)"
+    elif pid=$(pid_of pubsub cloud-pubsub-emulator); then
         if http_ok "http://$HOST:$PUBSUB_PORT/"; then
             log "pubsub: running (pid $pid) PUBSUB_EMULATOR_HOST=$HOST:$PUBSUB_PORT project $PUBSUB_PROJECT"
         else

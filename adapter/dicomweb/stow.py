@@ -126,6 +126,11 @@ class StowClient:
         self._session = session
         self._base = base_url.rstrip("/")
 
+    @property
+    def base_url(self) -> str:
+        """The DICOMweb root this client stores to."""
+        return self._base
+
     def store_instances(
         self, items: Sequence[StowItem], study_instance_uid: str | None = None
     ) -> dict[str, InstanceOutcome]:

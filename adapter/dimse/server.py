@@ -356,6 +356,20 @@ class DimseServer:
                     assoc.dul.socket.close()
                     assoc.dul.kill_dul()
 
+    def status(self) -> dict[str, Any]:
+        """For /status: where we listen, as whom, for whom, and how busy."""
+        cfg = self.config
+        return {
+            "kind": "listener",
+            "ae_title": cfg.ae_title,
+            "address": f"{cfg.bind}:{self.port}",
+            "listening": self.readiness()["dimse_listener"],
+            "associations_active": len(self._acceptors()) + len(self._native_open()),
+            "max_associations": cfg.max_associations,
+            "allowed_calling_aets": list(cfg.allowed_calling_aets) or "any",
+            "tls": cfg.tls.enabled,
+        }
+
     def readiness(self) -> dict[str, bool]:
         server = self._server
         listening = server is not None and server.socket is not None

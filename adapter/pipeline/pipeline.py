@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from adapter import metrics
 from adapter.delivery import DeliveryService
@@ -218,6 +219,17 @@ class RoutingService:
 
     def readiness(self) -> dict[str, bool]:
         return {"routing": bool(self._threads) and all(t.is_alive() for t in self._threads)}
+
+    def status(self) -> dict[str, Any]:
+        """For /status: the spool (the inbox) in front of the routing."""
+        return {
+            "kind": "queue",
+            "destination": "routing (spool)",
+            "spool_depth": self.inbox.depth(),
+            "spool_bytes": self.inbox.bytes_used,
+            "spool_oldest_age_seconds": round(self.inbox.oldest_age(), 1),
+            "workers": f"{sum(t.is_alive() for t in self._threads)}/{self.workers}",
+        }
 
     def _run(self, index: int) -> None:
         next_rescan = time.monotonic() + self.rescan_interval

@@ -230,3 +230,13 @@ def test_stop_is_idempotent_and_frees_the_port() -> None:
     assert not srv.running
     with pytest.raises(OSError):
         _get(port, "/healthz")
+
+
+def test_build_info_carries_the_version_and_process_metrics_are_exported() -> None:
+    from importlib.metadata import version
+
+    text = metrics.render_latest()[0].decode()
+    assert 'dicom_adapter_build_info{python="' in text
+    assert f'version="{version("dicom-adapter")}"' in text
+    for name in ("process_resident_memory_bytes", "process_cpu_seconds_total", "process_open_fds"):
+        assert f"\ndicom_adapter_{name} " in text

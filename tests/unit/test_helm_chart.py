@@ -625,6 +625,10 @@ def test_schema_is_draft_07(chart: helm_python.Chart) -> None:
         ({"importer": {"replicas": "one"}}, "/importer/replicas"),
         ({"config": {"health": {"enabled": False}}}, "/config/health/enabled"),
         ({"exporter": {"colocated": "yes"}}, "/exporter/colocated"),
+        ({"config": {"importer": {"dimse": {"prot": 104}}}}, "'prot' not allowed"),
+        ({"config": {"importer": {"ack": "after-spoool"}}}, "/config/importer/ack"),
+        ({"config": {"retry": {"max_attempts": -1}}}, "/config/retry/max_attempts"),
+        ({"config": {"exporter": {"pubsub": {"project": "p"}}}}, "/config/exporter"),
     ],
 )
 def test_schema_rejects_bad_values_naming_the_key(

@@ -310,3 +310,11 @@ prometheus.io/path: /metrics
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/* Calling AE of the helm test's C-ECHO: tests.callingAeTitle, else the first allowed AE. */}}
+{{- define "dicom-adapter.testCallingAe" -}}
+{{- $allowed := dig "importer" "dimse" "allowed_calling_aets" list .Values.config }}
+{{- if .Values.tests.callingAeTitle }}{{ .Values.tests.callingAeTitle }}
+{{- else if $allowed }}{{ first $allowed }}
+{{- else }}HELMTEST{{ end }}
+{{- end }}
