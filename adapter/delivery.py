@@ -51,7 +51,7 @@ class DeliveryService:
     ) -> None:
         self.plugin = plugin
         self.destination = destination
-        self.name = f"deliver.{destination.name}"
+        self.name = f"{plugin}.deliver.{destination.name}"
         self.outbox = outbox
         self.policy = policy
         self.workers = workers

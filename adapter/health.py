@@ -87,9 +87,27 @@ class _Handler(BaseHTTPRequestHandler):
         payload: dict[str, Any] = {"ready": ready, "checks": checks}
         if failed:
             payload["failed"] = failed
+        destinations = self._destination_states()
+        if destinations:  # informative: a destination that is down leaves the pod ready
+            payload["destinations"] = destinations
         status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
         body = json.dumps(payload, sort_keys=True).encode() + b"\n"
         self._reply(status, body, "application/json", send_body)
+
+    def _destination_states(self) -> dict[str, str]:
+        """``plugin/destination`` -> ``up`` or ``failing`` from the services' status()."""
+        source = self.server.status
+        if source is None:
+            return {}
+        try:
+            services = source().get("services", {})
+        except Exception:  # the probe must answer whatever the snapshot does
+            return {}
+        return {
+            f"{info.get('plugin')}/{info.get('destination')}": str(info["state"])
+            for info in services.values()
+            if isinstance(info, dict) and info.get("kind") == "queue" and "state" in info
+        }
 
     def _status_json(self, send_body: bool) -> None:
         source = self.server.status

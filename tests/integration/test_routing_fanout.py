@@ -11,6 +11,7 @@ from typing import Any
 
 import pydicom
 import pytest
+import requests
 
 from tests.integration.test_import_durability import acknowledged
 from tests.peers import dcmtk
@@ -178,6 +179,9 @@ def test_a_destination_down_for_a_minute_delays_only_itself(
             'dicom_adapter_deliveries_total{destination="store",outcome="delivered",'
             'plugin="importer"} 300.0' in metrics
         )  # each instance once: no duplicates at the healthy destination
+        ready = requests.get(f"{adapter.health_url}/readyz", timeout=5)
+        assert ready.status_code == 200  # a destination that is down leaves the importer ready
+        assert ready.json()["destinations"] == {"importer/store": "up", "importer/pacs": "failing"}
         wait_until(
             lambda: _oldest(adapter, "pacs") >= 60,
             90,
