@@ -34,6 +34,7 @@ __all__ = [
     "SpoolMeta",
     "adopt_into_spool",
     "disk_floor_problem",
+    "fsync_file",
     "move_durably",
     "new_entry_id",
     "origin_of",
@@ -231,7 +232,8 @@ def read_spool_meta(
     )
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: Path) -> None:
+    """Flush a file's data to disk (before it is renamed or linked in)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -242,7 +244,7 @@ def _fsync_file(path: Path) -> None:
 def move_durably(src: Path, incoming: Path, dst: Path) -> None:
     """fsync ``src`` and rename it to ``dst``; across filesystems copy via ``incoming`` first."""
     try:
-        _fsync_file(src)
+        fsync_file(src)
         os.rename(src, dst)
     except OSError as exc:
         if exc.errno != errno.EXDEV:

@@ -156,12 +156,7 @@ class ImporterPlugin:
         if core.dicomweb is not None:
             web, up = core.dicomweb, config.upload
             found[STORE_DESTINATION] = DicomwebDestination(
-                url=web.url,
-                auth=web.auth,
-                connect_timeout=web.connect_timeout,
-                read_timeout=web.read_timeout,
-                pool_size=web.pool_size,
-                verify=web.verify,
+                **{k: getattr(web, k) for k in type(web).model_fields},
                 on_conflict=up.on_conflict,
                 delivery=DeliveryConfig(
                     workers=up.workers,

@@ -10,10 +10,8 @@ from pydantic import ByteSize, Field
 
 from adapter.config_types import (
     AeTitle,
-    AuthConfig,
     ConfigModel,
     DicomwebConfig,
-    DicomwebUrl,
     Port,
     RetryConfig,
 )
@@ -62,28 +60,17 @@ class DimseDestination(_DestinationBase):
     echo_aets: tuple[AeTitle, ...] = ()
 
 
-class DicomwebDestination(_DestinationBase):
-    """A DICOMweb store reached by STOW-RS (PS3.18 10.5)."""
+class DicomwebDestination(_DestinationBase, DicomwebConfig):
+    """A DICOMweb store reached by STOW-RS (PS3.18 10.5): the service's own keys
+    (:class:`~adapter.config_types.DicomwebConfig`) plus delivery, retry and conflict policy."""
 
     kind: Literal["dicomweb"] = "dicomweb"
-    url: DicomwebUrl
-    auth: AuthConfig = AuthConfig()
-    connect_timeout: float = Field(10.0, gt=0)
-    read_timeout: float = Field(300.0, gt=0)
-    pool_size: int = Field(16, ge=1, le=256)
-    verify: bool | Path = True
     #: What a 409 / FailureReason 0x0111 "already exists" means: delivered, or delete and store.
     on_conflict: Literal["done", "overwrite"] = "done"
 
     def as_dicomweb(self) -> DicomwebConfig:
-        return DicomwebConfig(
-            url=self.url,
-            auth=self.auth,
-            connect_timeout=self.connect_timeout,
-            read_timeout=self.read_timeout,
-            pool_size=self.pool_size,
-            verify=self.verify,
-        )
+        """The service alone (its pooled session is keyed by URL)."""
+        return DicomwebConfig(**{k: getattr(self, k) for k in DicomwebConfig.model_fields})
 
 
 class GcsDestination(_DestinationBase):

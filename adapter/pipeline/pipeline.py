@@ -11,7 +11,6 @@ between the link and the inbox removal) links nothing new.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -27,20 +26,12 @@ from adapter.pipeline.stage import Drop, Stage
 from adapter.pipeline.waiter import DeliveryWaiter, Verdict
 from adapter.retry import RetryPolicy
 from adapter.spool import Spool, SpoolEntry
-from adapter.spool_files import SpoolFullError, new_entry_id
+from adapter.spool_files import SpoolFullError, fsync_file, new_entry_id
 from adapter.status import Status
 
 __all__ = ["Pipeline", "RoutingService"]
 
 log = logging.getLogger(__name__)
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Pipeline:

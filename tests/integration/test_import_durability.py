@@ -16,7 +16,7 @@ import pydicom
 import pytest
 
 from tests.peers import dcmtk
-from tests.peers.adapter_proc import AdapterProcess
+from tests.peers.adapter_proc import AdapterProcess, kill9_during_send
 from tests.peers.datasets import make_ct_series
 from tests.peers.orthanc import OrthancPeer
 from tests.peers.ports import free_port
@@ -59,17 +59,6 @@ def uids_of(files: list[Path]) -> set[str]:
     return {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files}
 
 
-def acknowledged(dcmsend_debug_output: str) -> set[str]:
-    """SOP Instance UIDs whose C-STORE response dcmsend (``-d``) logged with status Success."""
-    blocks = dcmsend_debug_output.split("I: Received C-STORE Response")[1:]
-    found = set()
-    for block in blocks:
-        match = _RESPONSE.search("Received C-STORE Response" + block.split("I: Sending")[0])
-        if match:
-            found.add(match.group(1))
-    return found
-
-
 def ready_files(adapter: AdapterProcess) -> list[Path]:
     """Instances held durably: in the spool, or routed into a destination's outbox."""
     spool = adapter.workdir / "spool"
@@ -89,34 +78,7 @@ def test_kill9_in_the_middle_of_a_send_loses_no_acknowledged_instance(
     adapter = start_adapter(
         site(orthanc.dicomweb_url, upload={"workers": 1, "batch_max_instances": 5})
     )
-    out = tmp_path / "dcmsend.log"
-    sender = spawn(
-        [
-            dcmtk.dcmtk_tool("dcmsend"),
-            "-d",
-            "-aec",
-            AET,
-            "-to",
-            "10",
-            "127.0.0.1",
-            str(adapter.port),
-            *map(str, files),
-        ],
-        out,
-        env=dcmtk.dcmtk_env(),
-    )
-    try:
-        wait_until(
-            lambda: len(acknowledged(out.read_text(errors="replace"))) >= 100,
-            60,
-            interval=0.01,
-            what="100 acknowledged C-STOREs",
-        )
-        adapter.kill9()
-        sender.wait(30)
-    finally:
-        stop_process(sender, timeout=5)
-    acked = acknowledged(out.read_text(errors="replace"))
+    acked = kill9_during_send(adapter, files, tmp_path / "dcmsend.log", AET, after=100)
     assert 100 <= len(acked) < 300, "the kill did not land in the middle of the send"
     assert ready_files(adapter), "nothing was waiting in the spool at the kill"
 

@@ -13,13 +13,12 @@ import pydicom
 import pytest
 import requests
 
-from tests.integration.test_import_durability import acknowledged
 from tests.peers import dcmtk
-from tests.peers.adapter_proc import AdapterProcess
+from tests.peers.adapter_proc import AdapterProcess, kill9_during_send
 from tests.peers.datasets import make_ct_series
 from tests.peers.dcmtk import StoreScpPeer
 from tests.peers.orthanc import OrthancPeer
-from tests.peers.wait import spawn, stop_process, wait_until
+from tests.peers.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -222,34 +221,7 @@ def test_kill9_in_the_middle_of_a_fan_out_loses_nothing_acknowledged(
     cfg = site(orthanc, dest, routing)
     cfg["importer"]["upload"] = {"workers": 1, "batch_max_instances": 5}
     adapter = start_adapter(cfg)
-    out = tmp_path / "dcmsend.log"
-    sender = spawn(
-        [
-            dcmtk.dcmtk_tool("dcmsend"),
-            "-d",
-            "-aec",
-            AET,
-            "-to",
-            "10",
-            "127.0.0.1",
-            str(adapter.port),
-            *map(str, files),
-        ],
-        out,
-        env=dcmtk.dcmtk_env(),
-    )
-    try:
-        wait_until(
-            lambda: len(acknowledged(out.read_text(errors="replace"))) >= 60,
-            60,
-            interval=0.01,
-            what="60 acknowledged C-STOREs",
-        )
-        adapter.kill9()
-        sender.wait(30)
-    finally:
-        stop_process(sender, timeout=5)
-    acked = acknowledged(out.read_text(errors="replace"))
+    acked = kill9_during_send(adapter, files, tmp_path / "dcmsend.log", AET, after=60)
     assert 60 <= len(acked) < 200, "the kill did not land in the middle of the send"
     adapter.start()  # same spool and outboxes
     wait_until(lambda: acked <= orthanc.sop_instance_uids(), 60, interval=0.3, what="store")

@@ -179,5 +179,5 @@ def test_status_json_and_page_are_served_next_to_the_probes(tmp_path: Path) -> N
         assert "status.json" in page.text
         snapshot = requests.get(f"{adapter.health_url}/status.json", timeout=5).json()
         assert snapshot["services"]["dimse"]["kind"] == "listener"
-        assert snapshot["services"]["upload"]["spool_depth"] == 0
+        assert snapshot["services"]["route"]["spool_depth"] == 0
         assert snapshot["dead_letters"]["importer"]["count"] == 0

@@ -226,3 +226,44 @@ class AdapterProcess:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.terminate()
+
+
+_ACKED = re.compile(
+    r"Received C-STORE Response.*?Affected SOP Instance UID\s*:\s*([0-9.]+).*?"
+    r"DIMSE Status\s*:\s*0x0000",
+    re.S,
+)
+
+
+def acknowledged(dcmsend_debug_output: str) -> set[str]:
+    """SOP Instance UIDs whose C-STORE response dcmsend (``-d``) logged with status Success."""
+    blocks = dcmsend_debug_output.split("I: Received C-STORE Response")[1:]
+    found = set()
+    for block in blocks:
+        match = _ACKED.search("Received C-STORE Response" + block.split("I: Sending")[0])
+        if match:
+            found.add(match.group(1))
+    return found
+
+
+def kill9_during_send(
+    adapter: AdapterProcess, files: list[Path], log: Path, called_aet: str, after: int
+) -> set[str]:
+    """dcmsend ``files`` to ``adapter``, kill -9 it once ``after`` C-STOREs were acknowledged;
+    the SOP Instance UIDs the sender saw acknowledged (it never gets the rest)."""
+    from tests.peers import dcmtk
+
+    args = [dcmtk.dcmtk_tool("dcmsend"), "-d", "-aec", called_aet, "-to", "10", LOOPBACK]
+    sender = spawn([*args, str(adapter.port), *map(str, files)], log, env=dcmtk.dcmtk_env())
+    try:
+        wait_until(
+            lambda: len(acknowledged(log.read_text(errors="replace"))) >= after,
+            60,
+            interval=0.01,
+            what=f"{after} acknowledged C-STOREs",
+        )
+        adapter.kill9()
+        sender.wait(30)
+    finally:
+        stop_process(sender, timeout=5)
+    return acknowledged(log.read_text(errors="replace"))
