@@ -81,12 +81,14 @@ def start_exporter(
             "max_delivery_attempts": 20,
             **overrides.pop("pubsub", {}),
         }
+        destinations = overrides.pop("destinations", {})  # the site's named destinations
         data = {
             "site": "test",
             "health": {"enabled": False},
             "state_dir": str(state / "core"),
             "retry": {"initial_delay": 0.2, "max_delay": 1.0, "jitter": False},
             "dicomweb": {"url": orthanc.dicomweb_url, "auth": {"kind": "none"}},
+            "destinations": destinations,
             "exporter": {
                 "pubsub": pubsub,
                 "destination": destination,
@@ -432,3 +434,47 @@ def test_300_notifications_delivered_exactly_once(
         what="storescp log",
     )
     assert storescp.log_tail(10**7).count("Received Store Request") == 300  # no duplicates
+
+
+def test_one_subscription_fans_out_to_two_pacs_and_a_store_while_one_pacs_is_down(
+    start_exporter: Callable[..., Exporter],
+    storescp: StoreScpPeer,
+    orthanc_factory: Callable[..., OrthancPeer],
+    orthanc: OrthancPeer,
+    pubsub_emulator: PubSubEmulator,
+    tmp_path: Path,
+) -> None:
+    """Every message is acked once each destination delivered it or holds it in its outbox;
+    the PACS that was down gets everything when it is back, the others never waited."""
+    archive = orthanc_factory()
+    down = StoreScpPeer(tmp_path / "down", aet="PACS_B", extra_args=["--fork"]).start()
+    down.stop()  # the same port comes back later
+    paths = make_ct_series(tmp_path / "ct", 6, rows=16, cols=16)
+    for path in paths:
+        orthanc.upload_file(path)
+    uids = {str(_header(p).SOPInstanceUID) for p in paths}
+    exporter = start_exporter(
+        dimse(storescp),
+        destinations={
+            "pacs-b": {**dimse(down), "pool_size": 1},
+            "archive": {"kind": "dicomweb", "url": archive.dicomweb_url, "auth": {"kind": "none"}},
+        },
+        routing={"rules": [{"name": "all", "destinations": ["peer", "pacs-b", "archive"]}]},
+    )
+    acked = metrics.EXPORT_MESSAGES_ACKED_TOTAL._value.get()
+    for path in paths:
+        notify(pubsub_emulator, exporter.topic, path)
+    wait_until(lambda: storescp.received_sop_instance_uids() >= uids, 30, what="PACS A has all")
+    wait_until(lambda: archive.sop_instance_uids() >= uids, 30, what="the archive has all")
+    wait_until(
+        lambda: metrics.EXPORT_MESSAGES_ACKED_TOTAL._value.get() >= acked + len(paths),
+        30,
+        what="every message acked while PACS B is down",
+    )
+    down.start()
+    try:
+        down.wait_for_files(len(paths), timeout=30)
+        assert down.received_sop_instance_uids() == uids
+        assert exporter.dead_letters.entries() == []
+    finally:
+        down.cleanup()
