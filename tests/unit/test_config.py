@@ -118,7 +118,7 @@ def test_config_objects_are_frozen() -> None:
         site.core.retry.max_attempts = 3  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "gke-healthcare.yaml"])
+@pytest.mark.parametrize("name", ["local.yaml", "gke-healthcare.yaml", "routed-site.yaml"])
 def test_shipped_example_configs_are_valid(name: str) -> None:
     site = load_config(REPO / "configs" / name)
     assert "importer" in site.enabled_plugins()
@@ -131,7 +131,7 @@ def test_committed_json_schema_matches_the_models() -> None:
     )
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "gke-healthcare.yaml"])
+@pytest.mark.parametrize("name", ["local.yaml", "gke-healthcare.yaml", "routed-site.yaml"])
 def test_example_configs_validate_against_the_json_schema(name: str) -> None:
     import jsonschema
 
