@@ -57,6 +57,7 @@ _JPEG_10918 = frozenset(
         "1.2.840.10008.1.2.4.70",
     }
 )
+_J2K_MIN_SIZE = 32  # 5 decompositions of the 6 resolution levels openjpeg is given
 _LOSSY_METHOD = {JPEG2000: "ISO_15444_1", JPEGLSNearLossless: "ISO_14495_1"}
 
 
@@ -172,6 +173,11 @@ def make_plan(
             options["j2k_psnr"] = [float(lossy["psnr"])]
         if lossy.get("near_lossless_error"):
             options["jls_error"] = int(lossy["near_lossless_error"])
+    if target in (JPEG2000Lossless, JPEG2000) and min(rows, columns) < _J2K_MIN_SIZE:
+        raise UnsupportedError(
+            f"{target.name}: a {columns}x{rows} frame is under {_J2K_MIN_SIZE} pixels wide or "
+            "high (pylibjpeg-openjpeg always uses 6 resolution levels)"
+        )
     if target not in NATIVE_TARGETS:
         encoder = get_encoder(target)
         plugin = ENCODING_PLUGINS[target]
