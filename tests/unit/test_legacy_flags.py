@@ -406,6 +406,8 @@ def test_dimse_cmove_aet_alone_sets_the_move_calling_ae() -> None:
     cfg, _ = importer_of([*GUIDE_ARGS, "--dimse_cmove_aet=CMOVEAET"])
     assert cfg.query.move_calling_ae_title == "CMOVEAET"
     assert cfg.dimse.ae_title == "IMPORTADAPTER"
+
+
 def test_fuzzy_matching_and_java_c_find_answers_in_legacy_mode() -> None:
     base = ["--dimse_aet=IMPORTADAPTER", "--dicomweb_address=http://127.0.0.1:8042/dicom-web"]
     data, _ = translate([*base, "--fuzzy_matching"], "import")
