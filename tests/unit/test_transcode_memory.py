@@ -22,9 +22,9 @@ RSS_BOUND_MIB = 300
 @pytest.mark.timeout(600)
 def test_large_multiframe_is_transcoded_under_the_rss_bound(tmp_path: Path) -> None:
     mb = int(os.environ.get("TRANSCODE_RSS_MB", "256"))
+    command = [sys.executable, "-m", "benchmarks.transcodebench", "rss", "--mb", str(mb)]
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.transcodebench", "rss", "--mb", str(mb), "--json"]
-        + ["--workdir", str(tmp_path)],
+        [*command, "--json", "--workdir", str(tmp_path)],
         cwd=REPO,
         capture_output=True,
         text=True,
