@@ -115,7 +115,8 @@ class FramePlan:
             methods = list(_as_list(ds.get("LossyImageCompressionMethod")))
             ratios = list(_as_list(ds.get("LossyImageCompressionRatio")))
             ds.LossyImageCompressionMethod = [*methods, _LOSSY_METHOD[UID(self.target_ts)]]
-            ds.LossyImageCompressionRatio = [*ratios, f"{ratio or 1:.4g}"[:16]]
+            if ratio:  # Type 3: unknown (PSNR, near-lossless) until encoded, so left out
+                ds.LossyImageCompressionRatio = [*ratios, f"{ratio:.4g}"[:16]]
 
 
 def _as_list(value: Any) -> list[Any]:

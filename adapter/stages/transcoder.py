@@ -146,7 +146,7 @@ class Transcoder:
                     lossy=dict(options.lossy) or None,
                 )
                 header = source.header
-                plan.header_updates(header)
+                plan.header_updates(header, dict(options.lossy).get("compression_ratio"))
                 file_meta = source.file_meta
                 if plan.lossy and options.new_instance_uid_when_lossy:
                     uid = generate_uid()

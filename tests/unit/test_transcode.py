@@ -209,6 +209,8 @@ def test_lossy_only_on_request_marks_the_instance_and_gives_a_new_uid(
     got, want = pydicom.dcmread(out.path), pydicom.dcmread(src)
     assert got.LossyImageCompression == "01"
     assert got.LossyImageCompressionMethod == method
+    if "compression_ratio" in lossy:
+        assert float(got.LossyImageCompressionRatio) == lossy["compression_ratio"]
     assert got.SOPInstanceUID == out.sop_instance_uid != want.SOPInstanceUID
     difference = np.abs(got.pixel_array.astype(int) - want.pixel_array.astype(int))
     assert difference.max() > 0
