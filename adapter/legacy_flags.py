@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from adapter.errors import ConfigError
-from adapter.legacy_routing import aet_dictionary, destination_config, gcs_backup
+from adapter.legacy_routing import aet_dictionary, compress_stage, destination_config, gcs_backup
 from adapter.legacy_routing import set_path as _set
 
 __all__ = ["EXPORT_FLAGS", "IMPORT_FLAGS", "is_legacy_import_invocation", "translate"]
@@ -293,7 +293,7 @@ IMPORT_FLAGS: dict[str, Flag] = {
         _flag("redact_remove_list", "Redaction.", None),
         _flag("redact_keep_list", "Redaction.", None),
         _flag("redact_filter_profile", "Redaction.", None),
-        _flag("store_compress_to_transfer_syntax", "Transcoding before upload.", None),
+        _flag("store_compress_to_transfer_syntax", "Transcode to UID.", _keep("compress_to")),
         _flag_bool(
             "fuzzy_matching",
             "C-FIND: ask QIDO-RS for fuzzy person-name matching.",
@@ -454,6 +454,7 @@ def translate(
             _set(data, "importer.query.move_calling_ae_title", legacy["cmove_aet"])
         aet_dictionary(data, legacy, environ, warnings)
         destination_config(data, legacy, environ, warnings)
+        compress_stage(data, legacy)  # after the redaction stage: stages run in list order
         # Java semantics: a C-FIND answer holds every attribute the store's QIDO-RS result held.
         importer.setdefault("query", {}).setdefault("return_keys", "store")
     else:

@@ -270,3 +270,37 @@ def gcs_backup(data: dict[str, Any], legacy: dict[str, Any]) -> list[str]:
         data, "importer.spool.backup", {"bucket": bucket, "prefix": folder, "project": project}
     )
     return []
+
+
+# ------------------------------------------------------------------ stages
+COMPRESS_STAGE = "legacy-compress"
+
+
+def append_stage(data: dict[str, Any], name: str) -> None:
+    """Add stage ``name`` at the end of every import route: the default route and each rule
+    (drop rules have no stages)."""
+    routing = data.setdefault("importer", {}).setdefault("routing", {})
+    routing["default_stages"] = [*routing.get("default_stages", []), name]
+    for rule in routing.get("rules", []):
+        if not rule.get("drop"):
+            rule["stages"] = [*rule.get("stages", []), name]
+
+
+def compress_stage(data: dict[str, Any], legacy: Mapping[str, Any]) -> None:
+    """``--store_compress_to_transfer_syntax=UID``: a transcode stage ``legacy-compress`` on every
+    route, after the de-identification stage (call this after the redaction's translation)."""
+    from adapter.stages.transcode_config import LOSSLESS_TARGETS, LOSSY_TARGETS
+
+    uid = str(legacy.get("compress_to") or "").strip()
+    if not uid:
+        return  # the Java default: no transcoding
+    if uid not in LOSSLESS_TARGETS:
+        have = ", ".join(f"{u} ({n})" for u, n in LOSSLESS_TARGETS.items())
+        why = (
+            "is lossy: set its quality in a site YAML transcode stage (lossy: ...)"
+            if uid in LOSSY_TARGETS
+            else "cannot be written"
+        )
+        raise ConfigError(f"--store_compress_to_transfer_syntax: {uid} {why} (have: {have})")
+    data.setdefault("stages", {})[COMPRESS_STAGE] = {"kind": "transcode", "transfer_syntax": uid}
+    append_stage(data, COMPRESS_STAGE)

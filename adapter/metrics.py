@@ -372,6 +372,15 @@ NOT_ROUTED_TOTAL = Counter(
 )
 """Label ``reason``: ``rule`` (a drop rule or default drop) | ``stage`` | ``echo``."""
 
+TRANSCODED_TOTAL = Counter(
+    "dicom_adapter_transcoded_total",
+    "Instances through a transcode stage, by plugin, stage and outcome.",
+    ["plugin", "stage", "outcome"],
+    registry=REGISTRY,
+)
+"""Label ``outcome``: ``transcoded`` | ``unchanged`` (already in the target) | ``unsupported``
+(kept as it came, or rejected)."""
+
 DELIVERIES_TOTAL = Counter(
     "dicom_adapter_deliveries_total",
     "Delivery outcomes per instance, by plugin, destination and outcome.",

@@ -1,20 +1,26 @@
 """C-STORE SCU (PS3.4 Annex B) to one PACS over a small pool of reusable associations.
 
 Each instance is offered in its own transfer syntax and, in a second presentation context, in the
-uncompressed ones (PS3.5 A.2, A.1); when the PACS takes only the latter, pydicom decodes it.
+uncompressed ones (PS3.5 A.2, A.1). When the PACS takes only the latter, the SCU says so
+(:class:`ConversionNeeded`, with the syntaxes accepted) and its converter -- the transcoding
+stage's transcoder, in its worker processes -- makes the copy it sends: one place decides and
+does conversions.
 Sockets set TCP_NODELAY (about 40 ms per DIMSE message without it, see PERFORMANCE-NOTES).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -33,7 +39,14 @@ from adapter.errors import PermanentError, TransientError
 from adapter.part10_scan import FileMeta, read_file_meta
 from adapter.status import Status
 
-__all__ = ["FALLBACK_TRANSFER_SYNTAXES", "MAX_CONTEXTS", "StoreScu", "classify_store_status"]
+__all__ = [
+    "FALLBACK_TRANSFER_SYNTAXES",
+    "MAX_CONTEXTS",
+    "ConversionNeeded",
+    "Converter",
+    "StoreScu",
+    "classify_store_status",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +75,23 @@ def classify_store_status(status: int) -> Outcome:
 
 class _NoResponseError(TransientError):
     """The association broke or timed out while a C-STORE awaited its response."""
+
+
+class ConversionNeeded(Exception):  # noqa: N818 - a decision, not a failure
+    """The PACS took the SOP class only in ``accepted`` (preferred first), not in ``source``."""
+
+    def __init__(self, sop_class: UID, source: UID, accepted: Sequence[UID]) -> None:
+        super().__init__(f"{sop_class.name}: {source.name} not accepted")
+        self.sop_class, self.source, self.accepted = sop_class, source, tuple(accepted)
+
+
+class Converter(Protocol):
+    """Makes a temporary copy of an instance in one of ``syntaxes`` (tried in order); raises
+    PermanentError naming why it cannot (no decoder, an unsupported image)."""
+
+    def copy_in(self, path: Path, syntaxes: Sequence[str]) -> AbstractContextManager[Path]: ...
+
+    def close(self) -> None: ...
 
 
 GROW_ACSE_TIMEOUT = 5.0  # seconds to wait for a PACS to answer an extra association
@@ -120,8 +150,12 @@ class StoreScu:
         connection_timeout: float = 10.0,
         idle_timeout: float = 20.0,
         checkout_timeout: float | None = None,
+        converter: Converter | None = None,
     ) -> None:
+        """``converter``: makes the copies a PACS needs in another syntax (default: the
+        process's transcoder, started on the first conversion)."""
         self.ae_title, self.host, self.port = ae_title, host, port
+        self._converter = converter
         self.pool_size = pool_size
         self.idle_timeout = idle_timeout
         self.checkout_timeout = checkout_timeout if checkout_timeout is not None else dimse_timeout
@@ -155,6 +189,39 @@ class StoreScu:
         (SOP class refused, 0xA9xx/0xCxxx, no decoder for a needed conversion).
         """
         path = Path(path)
+        try:
+            return self._send(path)
+        except ConversionNeeded as exc:
+            need = exc
+        what = (
+            f"C-STORE to {self.peer}: the PACS accepted {need.sop_class.name} only in "
+            f"{need.accepted[0].name}, not {need.source.name}"
+        )
+        fallback = (str(need.sop_class), tuple(str(t) for t in FALLBACK_TRANSFER_SYNTAXES))
+        with contextlib.ExitStack() as stack:
+            try:
+                converted = stack.enter_context(
+                    self.converter.copy_in(path, [str(ts) for ts in need.accepted])
+                )
+            except PermanentError as exc:
+                raise PermanentError(f"{what}; {exc}") from None
+            log.info("converted %s from %s for %s", path.name, need.source.name, self.peer)
+            return self._send(converted, frozenset({fallback}))
+        raise AssertionError("unreachable")  # pragma: no cover - mypy: ExitStack may swallow
+
+    @property
+    def converter(self) -> Converter:
+        """The converter, the process's transcoder by default (acquired on first use)."""
+        with self._cond:
+            if self._converter is None:
+                from adapter.stages.transcoder import SyntaxConverter
+
+                self._converter = SyntaxConverter()
+            return self._converter
+
+    def _send(self, path: Path, needed: frozenset[ContextKey] | None = None) -> int:
+        """C-STORE ``path``; ``needed``: the contexts to propose (default: its own syntax and
+        the uncompressed fallbacks). Raises ConversionNeeded, with the association kept."""
         meta = read_file_meta(path)
         offset = meta.data_set_offset
         sop_class = UID(meta.media_storage_sop_class_uid)
@@ -162,7 +229,7 @@ class StoreScu:
         # A data set has an even length (PS3.5 A.5 pads a deflated stream; dcmtk refuses odd
         # PDV fragments): an unpadded file is re-encoded by pynetdicom, which pads.
         odd = (path.stat().st_size - offset) % 2 == 1
-        needed = self._contexts_for(sop_class, transfer_syntax)
+        needed = needed or self._contexts_for(sop_class, transfer_syntax)
         retried = False
         while True:  # ends: each retry either caps the pool (bounded) or is the one retry
             link = self._checkout(needed)
@@ -197,6 +264,9 @@ class StoreScu:
             self._cond.notify_all()
         for link in idle:
             link.drop()
+        converter, self._converter = self._converter, None
+        if converter is not None:
+            converter.close()
 
     # ------------------------------------------------------------------------------ pool
     @staticmethod
@@ -339,8 +409,9 @@ class StoreScu:
             context_id = exact
             data: Path | bytes = _encoded(dcmread(path), transfer_syntax) if odd else path
         elif others:
-            target, context_id = UID(others[0][0]), others[0][1]
-            data = _encoded(self._convert(path, sop_class, transfer_syntax, target), target)
+            order = {str(ts): i for i, ts in enumerate(FALLBACK_TRANSFER_SYNTAXES)}
+            accepted = sorted((ts for ts, _ in others), key=lambda ts: order.get(ts, len(order)))
+            raise ConversionNeeded(sop_class, transfer_syntax, [UID(ts) for ts in accepted])
         else:
             raise PermanentError(
                 f"C-STORE to {self.peer}: the PACS accepted no presentation context for "
@@ -369,25 +440,6 @@ class StoreScu:
         if outcome == "transient":
             raise TransientError(message)
         raise PermanentError(message, failure_reason=status)
-
-    def _convert(self, path: Path, sop_class: UID, source: UID, target: UID) -> Dataset:
-        """Decode ``path`` so pynetdicom can encode it in the uncompressed ``target`` syntax."""
-        what = (
-            f"C-STORE to {self.peer}: the PACS accepted {sop_class.name} only in {target.name}, "
-            f"not {source.name}"
-        )
-        if not source.is_little_endian:
-            raise PermanentError(f"{what}; converting from big endian is not supported")
-        ds = dcmread(path)
-        if source.is_compressed:
-            try:
-                ds.decompress(generate_instance_uid=False, as_rgb=True)
-            except Exception as exc:  # pydicom: NotImplementedError/RuntimeError/ValueError
-                raise PermanentError(
-                    f"{what}; cannot decompress {source.name}: {str(exc)[:300]}"
-                ) from exc
-        log.info("converted %s from %s for %s", path.name, source.name, self.peer)
-        return ds
 
 
 def _encoded(ds: Dataset, syntax: UID) -> bytes:

@@ -478,3 +478,29 @@ def test_one_subscription_fans_out_to_two_pacs_and_a_store_while_one_pacs_is_dow
         assert exporter.dead_letters.entries() == []
     finally:
         down.cleanup()
+
+
+def test_jpeg_baseline_for_uncompressed_only_pacs_is_converted_by_the_transcoder(
+    start_exporter: Callable[..., Exporter],
+    tmp_path: Path,
+    orthanc: OrthancPeer,
+    pubsub_emulator: PubSubEmulator,
+    sample_files: SampleSet,
+) -> None:
+    """StoreScu says the PACS took only Explicit/Implicit VR LE; the transcoder (worker
+    processes, the transcode stage's code) makes the copy that is sent: pixels equal."""
+    pacs = StoreScpPeer(tmp_path / "uncompressed", extra_args=["+xe", "--fork"]).start()
+    try:
+        exporter = start_exporter(dimse(pacs))
+        jpeg = sample_files.by_kind["jpeg-baseline"]
+        orthanc.upload_file(jpeg)
+        notify(pubsub_emulator, exporter.topic, jpeg)
+        got = pydicom.dcmread(received(pacs, sample_files.sop_instance_uids[jpeg]))
+        source = pydicom.dcmread(jpeg)
+        assert got.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+        assert got.PhotometricInterpretation == "RGB"  # decoded as pydicom decodes it
+        assert (got.pixel_array == source.pixel_array).all()
+        assert got.SOPInstanceUID == source.SOPInstanceUID
+        assert got.LossyImageCompression == "01"
+    finally:
+        pacs.cleanup()

@@ -95,7 +95,6 @@ def test_oauth_scopes_are_split_on_commas() -> None:
     "flag",
     [
         "--redact_keep_list=PatientID",
-        "--store_compress_to_transfer_syntax=1.2.840.10008.1.2.4.90",
         "--redact_filter_profile=CHC_BASIC",
     ],
 )
