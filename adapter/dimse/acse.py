@@ -14,7 +14,7 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +37,35 @@ from adapter.dimse.pdu import (
 )
 from adapter.dimse.storage_acceptor import AcceptorSettings, StorageAssociation, StorageHandler
 
-__all__ = ["NativeStorageRouter", "Refusal", "check_request", "negotiate", "peek_pdu"]
+__all__ = [
+    "NativeStorageRouter",
+    "Refusal",
+    "check_request",
+    "negotiate",
+    "peek_pdu",
+    "preferred",
+    "syntax_ranks",
+]
 
 log = logging.getLogger(__name__)
+
+
+def syntax_ranks(proposed: Iterable[tuple[str, Sequence[str]]]) -> dict[str, dict[str, int]]:
+    """Per abstract syntax, each transfer syntax's best position in any context proposing it."""
+    ranks: dict[str, dict[str, int]] = {}
+    for abstract, syntaxes in proposed:
+        rank = ranks.setdefault(abstract, {})
+        for i, ts in enumerate(syntaxes):
+            rank[ts] = min(i, rank.get(ts, i))
+    return ranks
+
+
+def preferred(
+    ours: Iterable[str], rank: Mapping[str, int], tie_order: Mapping[str, int]
+) -> list[str]:
+    """Our syntaxes for one abstract syntax, the requestor's preference first (PS3.8 9.3.3.2
+    leaves the choice to us), ties going by ``tie_order``: both acceptor paths choose by it."""
+    return sorted(ours, key=lambda ts: (rank.get(ts, 99), tie_order.get(ts, 99)))
 
 
 def negotiate(
@@ -49,16 +75,10 @@ def negotiate(
 ) -> dict[int, tuple[int, str]]:
     """Per proposed context id: (result, transfer syntax) (PS3.8 9.3.3.2).
 
-    The requestor's preference wins (PS3.8 leaves the choice to us): for each abstract syntax our
-    syntaxes are ranked by their best position in any of its contexts, ties going to compressed
-    ones, and each context gets the first of that ranking it proposed -- the same choice as
-    DimseServer's pynetdicom path.
+    For each abstract syntax our syntaxes are ordered by :func:`preferred`, and each context
+    gets the first of that order it proposed -- the same choice as DimseServer's pynetdicom path.
     """
-    ranks: dict[str, dict[str, int]] = {}
-    for cx in request.contexts:
-        rank = ranks.setdefault(cx.abstract_syntax, {})
-        for i, ts in enumerate(cx.transfer_syntaxes):
-            rank[ts] = min(i, rank.get(ts, i))
+    ranks = syntax_ranks((cx.abstract_syntax, cx.transfer_syntaxes) for cx in request.contexts)
     results: dict[int, tuple[int, str]] = {}
     for cx in request.contexts:
         first = cx.transfer_syntaxes[0] if cx.transfer_syntaxes else ""
@@ -66,8 +86,7 @@ def negotiate(
         if ours is None:
             results[cx.id] = (ABSTRACT_SYNTAX_NOT_SUPPORTED, first)
             continue
-        rank = ranks[cx.abstract_syntax]
-        ordered = sorted(ours, key=lambda ts: (rank.get(ts, 99), tie_order.get(ts, 99)))
+        ordered = preferred(ours, ranks[cx.abstract_syntax], tie_order)
         proposed = set(cx.transfer_syntaxes)
         chosen = next((ts for ts in ordered if ts in proposed), None)
         results[cx.id] = (

@@ -18,9 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import (
-    UID,
-)
+from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.events import Event, EventType
 from pynetdicom.presentation import PresentationContext
@@ -28,7 +26,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from adapter import metrics
 from adapter.config import DimseServerConfig
-from adapter.dimse.acse import NativeStorageRouter, check_request
+from adapter.dimse.acse import NativeStorageRouter, check_request, preferred, syntax_ranks
 from adapter.dimse.contexts import TIE_ORDER, verification_context
 from adapter.dimse.establishment import (
     MAX_ASSOCIATE_RQ_LENGTH,
@@ -49,6 +47,7 @@ from adapter.dimse.storage_acceptor import AssociationStats, StorageAssociation,
 from adapter.dimse.transport import ssl_context_for
 from adapter.errors import ListenError
 from adapter.part10_scan import read_file_meta
+from adapter.status import Status
 
 __all__ = ["DimseServer", "Handler", "ssl_context_for"]
 
@@ -117,13 +116,13 @@ class _SharedLimitAE(AE):
 
 def on_c_echo(event: Event) -> int:
     """C-ECHO (PS3.4 A.4): we are here."""
-    return 0x0000
+    return Status.SUCCESS
 
 
 def _status_of(result: Any) -> int:
     if isinstance(result, Dataset):
-        return int(result.get("Status", 0xC000))
-    return int(result) if isinstance(result, int) else 0xC000
+        return int(result.get("Status", Status.CANNOT_UNDERSTAND))
+    return int(result) if isinstance(result, int) else Status.CANNOT_UNDERSTAND
 
 
 def _peer(event: Event) -> str:
@@ -421,19 +420,15 @@ class DimseServer:
         request = event.assoc.requestor.primitive
         if request is None:
             return
-        best: dict[str, dict[str, int]] = {}
-        for cx in request.presentation_context_definition_list:
-            ranks = best.setdefault(str(cx.abstract_syntax), {})
-            for i, ts in enumerate(cx.transfer_syntax):
-                ranks[str(ts)] = min(i, ranks.get(str(ts), i))
+        ranks = syntax_ranks(
+            (str(cx.abstract_syntax), [str(ts) for ts in cx.transfer_syntax])
+            for cx in request.presentation_context_definition_list
+        )
         for cx in event.assoc.acceptor.supported_contexts:
-            rank = best.get(str(cx.abstract_syntax or ""))
-            current = [str(ts) for ts in cx.transfer_syntax]
-            if rank and len(current) > 1:
-                ordered: list[str] = sorted(
-                    current, key=lambda ts: (rank.get(ts, 99), TIE_ORDER.get(ts, 99))
-                )
-                cx.transfer_syntax = list(ordered)
+            rank = ranks.get(str(cx.abstract_syntax or ""))
+            if rank and len(cx.transfer_syntax) > 1:
+                ours = [str(ts) for ts in cx.transfer_syntax]
+                cx.transfer_syntax = list(preferred(ours, rank, TIE_ORDER))
 
     def _on_established(self, event: Event) -> None:
         with self._lock:
