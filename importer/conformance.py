@@ -8,6 +8,7 @@ tests/unit/test_conformance_statement.py fails when docs/conformance.md is stale
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -60,7 +61,7 @@ def _syntaxes(syntaxes: Iterable[str]) -> str:
 def _refusal_rows() -> list[tuple[str, str, str]]:
     """The checks of adapter.dimse.acse.check_request, run on requests that fail each one."""
     good = AssociateRequest("A", "B", b"A".ljust(16), b"B".ljust(16), "", (), 0)
-    cases = [
+    cases: list[tuple[str, dict[str, Any]]] = [
         ("Protocol version without bit 0 (version 1)", {"protocol_version": 2}),
         ("No User Information Item", {"has_user_information": False}),
         ("Calling AE Title with control characters, backslash or all spaces",
@@ -70,7 +71,7 @@ def _refusal_rows() -> list[tuple[str, str, str]]:
     ]  # fmt: skip
     rows = []
     for what, change in cases:
-        refusal = check_request(AssociateRequest(**{**good.__dict__, **change}))
+        refusal = check_request(dataclasses.replace(good, **change))
         assert refusal is not None, what
         rows.append((what, _pdu_text(refusal.pdu), refusal.reason))
     return rows
