@@ -101,7 +101,7 @@ class FindScp:
                 "C-FIND refused: %s", exc, extra={"calling_ae": calling_ae, "status": 0xA900}
             )
             metrics.DIMSE_REQUESTS_TOTAL.labels(service="C-FIND", status="0xA900").inc()
-            yield _failure(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
+            yield _failure(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
             return
         matches = 0
         try:

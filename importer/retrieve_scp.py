@@ -188,7 +188,7 @@ class RetrieveScp:
             return _failure(Status.REFUSED_OUT_OF_RESOURCES_MATCHES, "DICOMweb store unreachable")
         except (PermanentError, ValueError, TypeError) as exc:
             log.warning("%s refused: %s", service, exc, extra={"calling_ae": calling_ae})
-            return _failure(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc))
+            return _failure(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, str(exc))
 
     def on_c_move(self, event: Any) -> Iterator[Any]:
         """Yield the destination, the sub-operation count, then (status, file) pairs."""

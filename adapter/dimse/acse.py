@@ -1,22 +1,21 @@
-"""Association establishment for the native storage acceptor (PS3.8 7.1, 9.3.2-9.3.4): look
-at an A-ASSOCIATE-RQ without consuming it, decide whether the native acceptor can serve it, and
-negotiate its presentation contexts.
+"""Association establishment (PS3.8 7.1, 9.3.2-9.3.4): the checks every A-ASSOCIATE-RQ passes,
+whether the native acceptor can serve it, and the negotiation of its presentation contexts.
 
 Anything the native path does not serve -- other SOP classes, role selection, user identity, a
-wrong application context, a calling AE outside the allow-list, a malformed PDU -- is left
-untouched on the socket for pynetdicom, which then answers (and rejects) as it always has.
+wrong application context, a calling AE outside the allow-list -- goes to pynetdicom, which then
+answers (and rejects) as it always has; ``peek_pdu`` looks at a PDU without consuming it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import socket
 import struct
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pynetdicom import AE
@@ -33,17 +32,40 @@ from adapter.dimse.pdu import (
     PLAIN_USER_ITEMS,
     TRANSFER_SYNTAXES_NOT_SUPPORTED,
     AssociateRequest,
-    PduError,
+    encode_abort,
     encode_associate_rj,
-    parse_associate_rq,
 )
 from adapter.dimse.storage_acceptor import AcceptorSettings, StorageAssociation, StorageHandler
 
-__all__ = ["NativeStorageRouter", "negotiate", "peek_pdu"]
+__all__ = [
+    "NativeStorageRouter",
+    "Refusal",
+    "check_request",
+    "negotiate",
+    "peek_pdu",
+    "preferred",
+    "syntax_ranks",
+]
 
 log = logging.getLogger(__name__)
 
-_MAX_RQ = 1 << 20  # a larger A-ASSOCIATE-RQ goes to pynetdicom
+
+def syntax_ranks(proposed: Iterable[tuple[str, Sequence[str]]]) -> dict[str, dict[str, int]]:
+    """Per abstract syntax, each transfer syntax's best position in any context proposing it."""
+    ranks: dict[str, dict[str, int]] = {}
+    for abstract, syntaxes in proposed:
+        rank = ranks.setdefault(abstract, {})
+        for i, ts in enumerate(syntaxes):
+            rank[ts] = min(i, rank.get(ts, i))
+    return ranks
+
+
+def preferred(
+    ours: Iterable[str], rank: Mapping[str, int], tie_order: Mapping[str, int]
+) -> list[str]:
+    """Our syntaxes for one abstract syntax, the requestor's preference first (PS3.8 9.3.3.2
+    leaves the choice to us), ties going by ``tie_order``: both acceptor paths choose by it."""
+    return sorted(ours, key=lambda ts: (rank.get(ts, 99), tie_order.get(ts, 99)))
 
 
 def negotiate(
@@ -53,16 +75,10 @@ def negotiate(
 ) -> dict[int, tuple[int, str]]:
     """Per proposed context id: (result, transfer syntax) (PS3.8 9.3.3.2).
 
-    The requestor's preference wins (PS3.8 leaves the choice to us): for each abstract syntax our
-    syntaxes are ranked by their best position in any of its contexts, ties going to compressed
-    ones, and each context gets the first of that ranking it proposed -- the same choice as
-    DimseServer's pynetdicom path.
+    For each abstract syntax our syntaxes are ordered by :func:`preferred`, and each context
+    gets the first of that order it proposed -- the same choice as DimseServer's pynetdicom path.
     """
-    ranks: dict[str, dict[str, int]] = {}
-    for cx in request.contexts:
-        rank = ranks.setdefault(cx.abstract_syntax, {})
-        for i, ts in enumerate(cx.transfer_syntaxes):
-            rank[ts] = min(i, rank.get(ts, i))
+    ranks = syntax_ranks((cx.abstract_syntax, cx.transfer_syntaxes) for cx in request.contexts)
     results: dict[int, tuple[int, str]] = {}
     for cx in request.contexts:
         first = cx.transfer_syntaxes[0] if cx.transfer_syntaxes else ""
@@ -70,8 +86,7 @@ def negotiate(
         if ours is None:
             results[cx.id] = (ABSTRACT_SYNTAX_NOT_SUPPORTED, first)
             continue
-        rank = ranks[cx.abstract_syntax]
-        ordered = sorted(ours, key=lambda ts: (rank.get(ts, 99), tie_order.get(ts, 99)))
+        ordered = preferred(ours, ranks[cx.abstract_syntax], tie_order)
         proposed = set(cx.transfer_syntaxes)
         chosen = next((ts for ts in ordered if ts in proposed), None)
         results[cx.id] = (
@@ -110,9 +125,47 @@ def peek_pdu(sock: socket.socket, timeout: float, limit: int) -> bytes | None:
         time.sleep(0.002)  # a partial peek: more is on its way
 
 
+#: Bytes an AE title may hold (PS3.5 6.2, AE: the default repertoire without backslash and
+#: control characters; space only as padding).
+_AE_BYTES = frozenset(range(0x20, 0x7F)) - {0x5C}
+
+
+def _valid_ae(raw: bytes) -> bool:
+    return bool(raw.strip(b" ")) and set(raw.rstrip(b" ")) <= _AE_BYTES
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an A-ASSOCIATE-RQ is not answered with an A-ASSOCIATE-AC, and the PDU that says so."""
+
+    reason: str
+    pdu: bytes
+
+
+def check_request(request: AssociateRequest) -> Refusal | None:
+    """What every A-ASSOCIATE-RQ must satisfy on both acceptor paths (PS3.8 9.3.2, PS3.5 6.2):
+    protocol version 1, a User Information Item, AE titles of the AE repertoire."""
+    if not request.protocol_version & 0x0001:
+        return Refusal(
+            f"protocol version 0x{request.protocol_version:04X} not supported",
+            encode_associate_rj(1, 2, 2),  # permanent, ACSE, protocol version not supported
+        )
+    if not request.has_user_information:
+        return Refusal("no User Information Item", encode_abort(source=2, reason=6))
+    if not _valid_ae(request.raw_calling_ae):
+        return Refusal("calling AE title not recognized (not an AE title)", _RJ_CALLING)
+    if not _valid_ae(request.raw_called_ae):
+        return Refusal("called AE title not recognized (not an AE title)", _RJ_CALLED)
+    return None
+
+
+_RJ_CALLING = encode_associate_rj(1, 1, 3)  # permanent, service user, calling AE title
+_RJ_CALLED = encode_associate_rj(1, 1, 7)  # permanent, service user, called AE title
+
+
 class NativeStorageRouter:
-    """Serves storage-only associations on the listener's connection threads and keeps count
-    of them (the association limit covers both paths)."""
+    """Serves storage-only associations on the listener's connection threads; the association
+    limit and the checks every request passes are the listener's (DimseServer)."""
 
     def __init__(
         self,
@@ -123,12 +176,11 @@ class NativeStorageRouter:
         handler: StorageHandler,
         *,
         tie_order: Mapping[str, int],
-        others: Callable[[], int],
         label: Callable[[str], str],
     ) -> None:
-        """``others``: associations pynetdicom serves now; ``label``: calling AE -> metric label."""
+        """``label``: calling AE -> metric label."""
         self.config, self.ae, self.handler = config, ae, handler
-        self._others, self._label = others, label
+        self._label = label
         natives = {*STORAGE_SOP_CLASSES, VERIFICATION_SOP_CLASS}
         supported = {
             str(cx.abstract_syntax): tuple(str(ts) for ts in cx.transfer_syntax)
@@ -164,43 +216,19 @@ class NativeStorageRouter:
             or any(cx.abstract_syntax in self.full_stack_only for cx in request.contexts)
         )
 
-    def route(self, sock: socket.socket, address: tuple[str, int]) -> bool:
-        """Serve the connection natively (True, when it ends), or leave it untouched (False)."""
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        data = peek_pdu(sock, self.config.acse_timeout, limit=_MAX_RQ)
-        if data is None:
-            return False
-        try:
-            request = parse_associate_rq(data)
-        except PduError:
-            return False
+    def serve(
+        self, sock: socket.socket, address: tuple[str, int], request: AssociateRequest
+    ) -> bool:
+        """Serve the association natively (True, when it ends), or decline (False: the socket
+        is untouched, its A-ASSOCIATE-RQ already read by the listener)."""
         if not self._serves(request):
             return False
         results = negotiate(request, self.settings.supported, self.settings.tie_order)
         if not any(result == ACCEPTANCE for result, _ in results.values()):
             return False
-        sock.settimeout(self.config.acse_timeout)
-        remaining = len(data)
-        while remaining:  # consume what was peeked
-            chunk = sock.recv(remaining)
-            if not chunk:
-                return True
-            remaining -= len(chunk)
         peer = f"{address[0]}:{address[1]}"
         extra = {"calling_ae": request.calling_ae, "peer": peer}
         label = self._label(request.calling_ae)
-        if len(self.open_associations()) + self._others() >= self.config.max_associations:
-            log.warning(
-                "association rejected: local limit exceeded (%d associations)",
-                self.config.max_associations,
-                extra=extra,
-            )
-            metrics.ASSOCIATIONS_TOTAL.labels(calling_ae=label, outcome="rejected").inc()
-            with contextlib.suppress(OSError):
-                sock.sendall(encode_associate_rj(2, 3, 2))  # transient, local limit exceeded
-                sock.close()
-            return True
         assoc = StorageAssociation(sock, peer, request, results, self.settings, self.handler)
         with self._lock:
             self._open.add(assoc)

@@ -54,7 +54,9 @@ FALLBACK_TRANSFER_SYNTAXES: tuple[UID, ...] = (ExplicitVRLittleEndian, ImplicitV
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: odd context IDs 1-255
 MAX_PDU_LENGTH = 262144  # what we receive (PS3.8 D.1): responses are a few hundred bytes
 # Processing failure, resource limitation, cancel: worth another try (bounded by the caller).
-_TRANSIENT_FAILURES = frozenset({0x0110, 0x0213, 0xFE00})
+_TRANSIENT_FAILURES = frozenset(
+    {Status.PROCESSING_FAILURE, Status.RESOURCE_LIMITATION, Status.CANCEL}
+)
 
 ContextKey = tuple[str, tuple[str, ...]]
 Outcome = Literal["success", "warning", "transient", "permanent"]

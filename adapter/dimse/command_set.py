@@ -10,6 +10,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
+from adapter.status import Status
+
 __all__ = [
     "C_ECHO_RQ",
     "C_STORE_RQ",
@@ -131,7 +133,7 @@ def encode_c_store_rsp(
     return _group(elements)
 
 
-def encode_c_echo_rsp(request: Command, status: int = 0x0000) -> bytes:
+def encode_c_echo_rsp(request: Command, status: int = Status.SUCCESS) -> bytes:
     """C-ECHO-RSP (PS3.7 9.3.5.2)."""
     return _group(
         [

@@ -35,6 +35,7 @@ __all__ = [
     "STORAGE_COMMITMENT_PUSH_MODEL",
     "STORAGE_SOP_CLASSES",
     "STORAGE_TRANSFER_SYNTAXES",
+    "TIE_ORDER",
     "UNCOMPRESSED_TRANSFER_SYNTAXES",
     "VERIFICATION_SOP_CLASS",
     "contexts_for_instance",
@@ -74,6 +75,21 @@ STORAGE_TRANSFER_SYNTAXES: Final[tuple[str, ...]] = (
 STORAGE_SOP_CLASSES: Final[tuple[str, ...]] = tuple(
     str(cx.abstract_syntax) for cx in AllStoragePresentationContexts
 )
+
+#: Among syntaxes a requestor ranks equally: keep compressed data compressed, then the richest
+#: uncompressed encoding (Deflated, Explicit VR LE, Implicit VR LE, Explicit VR BE).
+TIE_ORDER: Final[dict[str, int]] = {
+    ts: i
+    for i, ts in enumerate(
+        [
+            *COMPRESSED_TRANSFER_SYNTAXES,
+            DeflatedExplicitVRLittleEndian,
+            ExplicitVRLittleEndian,
+            ImplicitVRLittleEndian,
+            ExplicitVRBigEndian,
+        ]
+    )
+}
 
 VERIFICATION_SOP_CLASS: Final[str] = "1.2.840.10008.1.1"  # PS3.4 A.4
 

@@ -86,6 +86,8 @@ class AssociateRequest:
     contexts: tuple[ProposedContext, ...]
     max_pdu_length: int  # 0 = unlimited (PS3.8 D.1)
     user_item_types: frozenset[int] = field(default_factory=frozenset)
+    protocol_version: int = 1  # a bit field: bit 0 is version 1 (PS3.8 9.3.2)
+    has_user_information: bool = True  # the User Information Item is mandatory (PS3.8 9.3.2)
 
 
 def _uid(raw: bytes) -> str:
@@ -119,6 +121,7 @@ def parse_associate_rq(pdu: bytes) -> AssociateRequest:
     contexts: list[ProposedContext] = []
     max_pdu = 0
     user_types: set[int] = set()
+    has_user = False
     for kind, value in _items(pdu, 74, len(pdu)):
         if kind == 0x10:
             app_context = _uid(value)
@@ -134,6 +137,7 @@ def parse_associate_rq(pdu: bytes) -> AssociateRequest:
                     syntaxes.append(_uid(sub_value))
             contexts.append(ProposedContext(value[0], abstract, tuple(syntaxes)))
         elif kind == 0x50:
+            has_user = True
             for sub, sub_value in _items(value, 0, len(value)):
                 user_types.add(sub)
                 if sub == 0x51:
@@ -149,6 +153,8 @@ def parse_associate_rq(pdu: bytes) -> AssociateRequest:
         contexts=tuple(contexts),
         max_pdu_length=max_pdu,
         user_item_types=frozenset(user_types),
+        protocol_version=struct.unpack_from(">H", pdu, 6)[0],
+        has_user_information=has_user,
     )
 
 
@@ -172,7 +178,8 @@ def encode_associate_ac(
     items = [_item(0x10, APPLICATION_CONTEXT_NAME.encode("ascii"))]
     for cx in request.contexts:
         result, syntax = results[cx.id]
-        sub = _item(0x40, syntax.encode("ascii"))
+        # a refused context's syntax is not significant (PS3.8 9.3.3.2): the peer's, made ASCII
+        sub = _item(0x40, syntax.encode("ascii", "replace"))
         items.append(_item(0x21, bytes([cx.id, 0, result, 0]) + sub))
     user = _item(0x51, struct.pack(">L", max_pdu_length))
     user += _item(0x52, implementation_class_uid.encode("ascii"))

@@ -8,8 +8,10 @@ clear message when a pynetdicom release moves it; pyproject.toml pins the minor 
 from __future__ import annotations
 
 import logging
+import socket
 import tempfile
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -20,11 +22,13 @@ import pynetdicom.dimse_messages
 import pynetdicom.dsutils
 import pynetdicom.events
 from pydicom.uid import UID
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, evt
+from pynetdicom.association import Association
+from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from adapter.dimse.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
-__all__ = ["RECEIVE_DIRS"]
+__all__ = ["RECEIVE_DIRS", "hand_off"]
 
 # Receive C-STORE data sets straight into a file (no decode, flat memory): event.dataset_path.
 _config.STORE_RECV_CHUNKED_DATASET = True
@@ -128,3 +132,73 @@ warnings.filterwarnings(
     r"maximum length of 64 allowed for VR UI)",
     category=UserWarning,
 )
+
+
+# ---------------------------------------------------------------------- the listener's hand-off
+class _HandedOffSocket(AssociationSocket):
+    """An acceptor's socket whose A-ASSOCIATE-RQ the listener already read (establishment.py):
+    those bytes come first; then each PDU must arrive whole within ``pdu_timeout`` of its first
+    read and be at most ``pdu_limit`` bytes long (0: unbounded), else the connection closes."""
+
+    replay: bytearray
+    pdu_timeout: float | None
+    pdu_limit: int
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.replay) or bool(AssociationSocket.ready.fget(self))  # type: ignore[attr-defined]
+
+    def recv(self, nr_bytes: int) -> bytearray:
+        if self.pdu_limit and nr_bytes > self.pdu_limit:
+            raise OSError(f"a PDU of {nr_bytes} bytes, over the maximum length")
+        out = self.replay[:nr_bytes]
+        del self.replay[:nr_bytes]
+        deadline = time.monotonic() + self.pdu_timeout if self.pdu_timeout else None
+        sock = self.socket
+        assert sock is not None
+        while len(out) < nr_bytes:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"a PDU not received within {self.pdu_timeout:g}s")
+            chunk = sock.recv(min(1 << 16, nr_bytes - len(out)))
+            if not chunk:
+                break
+            out += chunk
+        return out
+
+
+_HANDOFF = threading.local()
+
+
+class _HandOffRequestHandler(RequestHandler):
+    """pynetdicom's connection handler, with our socket class (RequestHandler.handle)."""
+
+    assoc: Association
+
+    def handle(self) -> None:
+        assoc = self._create_association()
+        sock = assoc.dul.socket
+        sock.__class__ = _HandedOffSocket
+        assert isinstance(sock, _HandedOffSocket)
+        sock.replay, sock.pdu_timeout, sock.pdu_limit = _HANDOFF.value
+        evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
+        assoc.start()
+        self.assoc = assoc
+
+
+def hand_off(
+    server: Any,
+    sock: socket.socket,
+    address: tuple[str, int],
+    associate_rq: bytes,
+    *,
+    pdu_timeout: float | None,
+    pdu_limit: int,
+) -> Association:
+    """Give pynetdicom's acceptor a connection whose A-ASSOCIATE-RQ was read already; returns
+    the association (its thread started)."""
+    sock.settimeout(pdu_timeout)
+    _HANDOFF.value = (bytearray(associate_rq), pdu_timeout, pdu_limit)
+    try:
+        return _HandOffRequestHandler(sock, address, server).assoc
+    finally:
+        _HANDOFF.value = None

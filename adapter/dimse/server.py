@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -19,27 +18,36 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.dataset import Dataset
-from pydicom.uid import (
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-)
+from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.events import Event, EventType
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import ThreadedAssociationServer
 
 from adapter import metrics
-from adapter.config import DimseServerConfig, TlsConfig
-from adapter.dimse.acse import NativeStorageRouter
-from adapter.dimse.contexts import COMPRESSED_TRANSFER_SYNTAXES, verification_context
+from adapter.config import DimseServerConfig
+from adapter.dimse.acse import NativeStorageRouter, check_request, preferred, syntax_ranks
+from adapter.dimse.contexts import TIE_ORDER, verification_context
+from adapter.dimse.establishment import (
+    MAX_ASSOCIATE_RQ_LENGTH,
+    AssociationGate,
+    AssociationLimit,
+    Slot,
+)
 from adapter.dimse.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from adapter.dimse.pynetdicom_setup import RECEIVE_DIRS
+from adapter.dimse.pdu import (
+    AssociateRequest,
+    PduError,
+    encode_abort,
+    encode_associate_rj,
+    parse_associate_rq,
+)
+from adapter.dimse.pynetdicom_setup import RECEIVE_DIRS, hand_off
 from adapter.dimse.storage_acceptor import AssociationStats, StorageAssociation, StorageHandler
+from adapter.dimse.transport import ssl_context_for
 from adapter.errors import ListenError
 from adapter.part10_scan import read_file_meta
+from adapter.status import Status
 
 __all__ = ["DimseServer", "Handler", "ssl_context_for"]
 
@@ -47,67 +55,26 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[..., Any]
 
-#: Among syntaxes a requestor ranks equally: keep compressed data compressed, then the richest
-#: uncompressed encoding (Deflated, Explicit VR LE, Implicit VR LE, Explicit VR BE).
-_TIE_ORDER: dict[str, int] = {
-    ts: i
-    for i, ts in enumerate(
-        [
-            *COMPRESSED_TRANSFER_SYNTAXES,
-            DeflatedExplicitVRLittleEndian,
-            ExplicitVRLittleEndian,
-            ImplicitVRLittleEndian,
-            ExplicitVRBigEndian,
-        ]
-    )
-}
-
 _SERVICE_OF_EVENT: dict[EventType, str] = {evt.EVT_C_ECHO: "C-ECHO", evt.EVT_C_STORE: "C-STORE"}
 
 
-class _LazyHandshakeContext(ssl.SSLContext):
-    """pynetdicom wraps accepted sockets in its single accept thread, where a client that
-    connects and never handshakes would block every other one: defer the handshake to the
-    first read, in that association's own thread."""
-
-    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
-        kwargs["do_handshake_on_connect"] = False
-        return super().wrap_socket(sock, *args, **kwargs)
-
-
-def ssl_context_for(tls: TlsConfig) -> ssl.SSLContext:
-    """Server-side TLS context (PS3.15 B.1): our certificate; the CA (and a client certificate)
-    if set; TLS 1.2 or later."""
-    ctx = _LazyHandshakeContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    assert tls.cert_file is not None and tls.key_file is not None
-    ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    if tls.ca_file is not None:
-        ctx.load_verify_locations(str(tls.ca_file))
-        ctx.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_OPTIONAL
-    else:
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
 class _RoutingServer(ThreadedAssociationServer):
-    """pynetdicom's threaded listener, with a first look at each connection (in its own
-    thread): ``route`` serves it natively and returns True, or leaves it to pynetdicom.
+    """pynetdicom's threaded listener, whose accepted connections go to ``gate`` (from the
+    accept thread, never blocking) instead of a thread each.
 
     Closing it does not wait for connection threads (a native association runs in one):
     DimseServer.stop drains and aborts them itself, within its timeout."""
 
-    route: Callable[[socket.socket, tuple[str, int]], bool] | None = None
+    gate: AssociationGate | None = None
     daemon_threads = True
     block_on_close = False
     request_queue_size = 128  # listen(2) backlog; socketserver's default of 5 drops bursts
 
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        route = self.route
-        native = isinstance(request, socket.socket) and not isinstance(request, ssl.SSLSocket)
-        if route is not None and native and route(request, client_address):
-            return
-        super().finish_request(request, client_address)
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if self.gate is None:
+            super().process_request(request, client_address)
+        else:
+            self.gate.add(request, client_address)
 
 
 class _ReusePortServer(_RoutingServer):
@@ -121,18 +88,7 @@ class _ReusePortServer(_RoutingServer):
 
 
 class _SharedLimitAE(AE):
-    """pynetdicom counts only its own associations against ``maximum_associations``; the
-    native acceptor's count too (``native_count``)."""
-
-    native_count: Callable[[], int] = staticmethod(lambda: 0)
-
-    @property
-    def maximum_associations(self) -> int:
-        return int(self._maximum_associations) - self.native_count()
-
-    @maximum_associations.setter
-    def maximum_associations(self, value: int) -> None:
-        AE.maximum_associations.fset(self, value)  # type: ignore[attr-defined]
+    """pynetdicom's AE, whose C-MOVE sub-operations may use another calling AE title."""
 
     # A C-MOVE handler may name the calling AE title of its sub-operations' association
     # (``calling_ae_title`` beside ``ae_title`` in its destination kwargs): pynetdicom takes
@@ -160,13 +116,13 @@ class _SharedLimitAE(AE):
 
 def on_c_echo(event: Event) -> int:
     """C-ECHO (PS3.4 A.4): we are here."""
-    return 0x0000
+    return Status.SUCCESS
 
 
 def _status_of(result: Any) -> int:
     if isinstance(result, Dataset):
-        return int(result.get("Status", 0xC000))
-    return int(result) if isinstance(result, int) else 0xC000
+        return int(result.get("Status", Status.CANNOT_UNDERSTAND))
+    return int(result) if isinstance(result, int) else Status.CANNOT_UNDERSTAND
 
 
 def _peer(event: Event) -> str:
@@ -279,11 +235,12 @@ class DimseServer:
                 all_contexts,
                 receive_dir,
                 storage_handler,
-                tie_order=_TIE_ORDER,
-                others=lambda: sum(1 for a in self._acceptors() if a.is_established),
+                tie_order=TIE_ORDER,
                 label=self._label,
             )
-            self.ae.native_count = lambda: len(self._native_open())
+        #: Both paths' associations, counted by the listener when the A-ASSOCIATE-RQ is whole.
+        self._limit = AssociationLimit(config.max_associations)
+        self._gate: AssociationGate | None = None
 
     # ------------------------------------------------------------------ Service
     @property
@@ -306,8 +263,11 @@ class DimseServer:
             )
         except OSError as exc:
             raise ListenError("DIMSE listener", *address, exc) from None
-        if self._native is not None:
-            self._server.route = self._native.route
+        self._gate = AssociationGate(
+            self._on_associate_rq, artim_timeout=self.config.acse_timeout, name=self.name
+        )
+        self._server.gate = self._gate
+        self._gate.start()
         self.ae._servers.append(self._server)  # as start_server does (shutdown removes it)
         threading.Thread(
             target=self._server.serve_forever, name=f"{self.name}-acceptor", daemon=True
@@ -331,6 +291,8 @@ class DimseServer:
         if server is None:
             return
         server.shutdown()
+        if self._gate is not None:
+            self._gate.close()  # connections still waiting for their A-ASSOCIATE-RQ
         deadline = time.monotonic() + max(0.0, timeout)
         while (
             any(a.is_established for a in self._acceptors()) or self._native_open()
@@ -381,6 +343,75 @@ class DimseServer:
     def _native_open(self) -> list[StorageAssociation]:
         return self._native.open_associations() if self._native is not None else []
 
+    # ------------------------------------------------------------------ establishment
+    def _on_associate_rq(
+        self, sock: socket.socket, address: tuple[str, int], data: bytes
+    ) -> bytes | None:
+        """A whole A-ASSOCIATE-RQ (in the gate's thread): a PDU refusing it, or None once an
+        association slot is taken and a thread serves it, natively or through pynetdicom."""
+        peer = f"{address[0]}:{address[1]}"
+        try:
+            request = parse_associate_rq(data)
+        except PduError as exc:
+            log.warning("malformed A-ASSOCIATE-RQ (%s): aborting", exc, extra={"peer": peer})
+            return encode_abort(source=2, reason=6)  # invalid PDU parameter value
+        extra = {"calling_ae": request.calling_ae, "called_ae": request.called_ae, "peer": peer}
+        label = self._label(request.calling_ae)
+        refusal = check_request(request)
+        if refusal is None and (slot := self._limit.reserve()) is not None:
+            threading.Thread(
+                target=self._serve_connection,
+                args=(sock, address, data, request, slot),
+                name=f"{self.name}-association",
+                daemon=True,
+            ).start()
+            return None
+        reason = (
+            refusal.reason
+            if refusal
+            else f"local limit exceeded ({self._limit.maximum} associations)"
+        )
+        log.warning("association rejected: %s", reason, extra=extra)
+        metrics.ASSOCIATIONS_TOTAL.labels(calling_ae=label, outcome="rejected").inc()
+        return refusal.pdu if refusal else encode_associate_rj(2, 3, 2)  # transient, local limit
+
+    def _serve_connection(
+        self,
+        sock: socket.socket,
+        address: tuple[str, int],
+        data: bytes,
+        request: AssociateRequest,
+        slot: Slot,
+    ) -> None:
+        """One association's thread: the native acceptor serves it, or pynetdicom's (whose
+        threads then hold the slot)."""
+        try:
+            if self._native is not None and self._native.serve(sock, address, request):
+                return
+            limit = self.config.maximum_pdu_size
+            assoc = hand_off(
+                self._server,
+                sock,
+                address,
+                data,
+                pdu_timeout=self.config.network_timeout,
+                pdu_limit=max(limit, MAX_ASSOCIATE_RQ_LENGTH) if limit else 0,
+            )
+            slot.follow(assoc)
+        except Exception as exc:  # never a bare close nor a traceback on stderr
+            log.error(
+                "association failed (%s): aborting",
+                type(exc).__name__,
+                extra={"calling_ae": request.calling_ae, "peer": f"{address[0]}:{address[1]}"},
+            )
+            with contextlib.suppress(OSError):
+                sock.sendall(encode_abort(source=2, reason=0))
+            with contextlib.suppress(OSError):
+                sock.close()
+        finally:
+            if slot.thread is None:
+                slot.release()
+
     # ------------------------------------------------------------------ events
     def _label(self, ae_title: str) -> str:
         return ae_title if ae_title in self.config.allowed_calling_aets else "other"
@@ -403,19 +434,15 @@ class DimseServer:
         request = event.assoc.requestor.primitive
         if request is None:
             return
-        best: dict[str, dict[str, int]] = {}
-        for cx in request.presentation_context_definition_list:
-            ranks = best.setdefault(str(cx.abstract_syntax), {})
-            for i, ts in enumerate(cx.transfer_syntax):
-                ranks[str(ts)] = min(i, ranks.get(str(ts), i))
+        ranks = syntax_ranks(
+            (str(cx.abstract_syntax), [str(ts) for ts in cx.transfer_syntax])
+            for cx in request.presentation_context_definition_list
+        )
         for cx in event.assoc.acceptor.supported_contexts:
-            rank = best.get(str(cx.abstract_syntax or ""))
-            current = [str(ts) for ts in cx.transfer_syntax]
-            if rank and len(current) > 1:
-                ordered: list[str] = sorted(
-                    current, key=lambda ts: (rank.get(ts, 99), _TIE_ORDER.get(ts, 99))
-                )
-                cx.transfer_syntax = list(ordered)
+            rank = ranks.get(str(cx.abstract_syntax or ""))
+            if rank and len(cx.transfer_syntax) > 1:
+                ours = [str(ts) for ts in cx.transfer_syntax]
+                cx.transfer_syntax = list(preferred(ours, rank, TIE_ORDER))
 
     def _on_established(self, event: Event) -> None:
         with self._lock:

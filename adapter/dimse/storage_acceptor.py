@@ -45,12 +45,12 @@ from adapter.dimse.pdu import (
     ACCEPTANCE,
     P_DATA_TF,
     AssociateRequest,
-    encode_abort,
     encode_associate_ac,
-    encode_p_data,
     encode_release_rp,
 )
 from adapter.dimse.transport import kernel_timeouts
+from adapter.dimse.upper_layer import Connection, FramingError
+from adapter.status import Status
 
 __all__ = [
     "AcceptorSettings",
@@ -66,9 +66,6 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20  # socket -> file copy buffer, per association
 _MAX_COMMAND = 64 * 1024  # a command set is a few hundred bytes (PS3.7 E.1)
-_STATUS_UNABLE_TO_PROCESS = 0xC001
-_STATUS_OUT_OF_RESOURCES = 0xA700
-_STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 
 @dataclass(frozen=True)
@@ -196,9 +193,7 @@ class StorageAssociation:
             if results[cx.id][0] == ACCEPTANCE
         }
         self._results = results
-        self._buffer = bytearray(_CHUNK)
-        self._view = memoryview(self._buffer)
-        self._send_lock = threading.Lock()
+        self.connection = Connection(sock, _CHUNK)
         self._command = bytearray()
         self._message: Command | None = None
         self._message_context = 0
@@ -226,6 +221,11 @@ class StorageAssociation:
                 )
             )
             self._serve_pdus()
+        except FramingError as exc:  # PDVs that do not add up to their PDU (PS3.8 9.3.5)
+            log.warning(
+                "%s: aborting", exc, extra={"calling_ae": self.calling_ae, "peer": self.peer}
+            )
+            self._abort_quietly(reason=6)  # invalid PDU parameter value
         except (TimeoutError, BlockingIOError):  # SO_RCVTIMEO expired: EAGAIN
             log.warning(
                 "association idle for %gs: aborting",
@@ -240,11 +240,17 @@ class StorageAssociation:
                     type(exc).__name__,
                     extra={"calling_ae": self.calling_ae, "peer": self.peer},
                 )
+        except Exception as exc:  # never a bare close nor a traceback on stderr
+            log.error(
+                "association failed (%s): aborting",
+                type(exc).__name__,
+                extra={"calling_ae": self.calling_ae, "peer": self.peer},
+            )
+            self._abort_quietly(reason=0)
         finally:
             self._drop_sink()
             self.closed.set()
-            with contextlib.suppress(OSError):
-                self.sock.close()
+            self.connection.close()
             self.stats.log_end(self.calling_ae, self.peer, self.aborted_by_peer)
 
     def abort(self) -> None:
@@ -258,27 +264,18 @@ class StorageAssociation:
         do not serve) comes from the service user, source 0; a protocol error from the service
         provider, source 2, with its reason (1 unrecognized PDU, 2 unexpected PDU)."""
         source, why = (0, 0) if reason is None else (2, reason)
-        with contextlib.suppress(OSError):
-            self._send(encode_abort(source=source, reason=why))
+        self.connection.abort(source, why)
 
     def _send(self, data: bytes) -> None:
-        with self._send_lock:
-            self.sock.sendall(data)
+        self.connection.send(data)
 
     # ------------------------------------------------------------------ reading
     def _read_exact(self, n: int) -> bytes:
-        view = self._view
-        got = 0
-        while got < n:
-            count = self.sock.recv_into(view[got:n], n - got, socket.MSG_WAITALL)
-            if count == 0:
-                raise EOFError("peer closed the connection")
-            got += count
-        return bytes(view[:n])
+        return self.connection.read_exact(n)
 
     def _serve_pdus(self) -> None:
         while True:
-            kind, _, length = struct.unpack(">BBL", self._read_exact(6))
+            kind, length = self.connection.read_pdu_header()
             if kind == P_DATA_TF:
                 self._read_p_data(length)
             elif kind == A_RELEASE_RQ:
@@ -305,25 +302,30 @@ class StorageAssociation:
                 return
 
     def _read_p_data(self, length: int) -> None:
-        """Each PDV item (PS3.8 9.3.5.1): command fragments gathered, data streamed to file."""
-        left = length
-        while left > 0:
-            if left < 6:
-                raise EOFError("P-DATA-TF item header cut off")
-            item_length, context_id, header = struct.unpack(">LBB", self._read_exact(6))
-            value_length = item_length - 2
-            if item_length < 2 or value_length > left - 6:
-                raise EOFError("PDV item longer than its P-DATA-TF PDU")
-            left -= 6 + value_length
-            is_command, is_last = bool(header & 0x01), bool(header & 0x02)
-            if is_command:
-                if len(self._command) + value_length > _MAX_COMMAND:
+        """Each PDV item (PS3.8 9.3.5.1): command fragments gathered, data streamed to file. One
+        data set per command and nothing after its last fragment (PS3.7 6.3.1): a data PDV
+        after it in the same PDU refuses the C-STORE; bytes that are not a PDV abort."""
+        finished = False  # the data set's last fragment came in this PDU: answer at its end
+        for pdv in self.connection.pdvs(length):
+            if pdv.is_command:
+                if finished:
+                    finished = False
+                    self._finish_store()
+                if len(self._command) + pdv.length > _MAX_COMMAND:
                     raise EOFError("command set larger than 64 KiB")
-                self._command += self._read_exact(value_length)
-                if is_last:
-                    self._on_command(context_id)
+                self._command += self._read_exact(pdv.length)
+                if pdv.is_last:
+                    self._on_command(pdv.context_id)
+            elif finished:
+                self.connection.skip(pdv.length)
+                self._refusal = StoreResult(
+                    Status.CANNOT_UNDERSTAND, "data after the last fragment of the data set"
+                )
             else:
-                self._on_data(context_id, value_length, is_last)
+                self._on_data(pdv.context_id, pdv.length)
+                finished = pdv.is_last
+        if finished:
+            self._finish_store()
 
     # ------------------------------------------------------------------ DIMSE
     def _on_command(self, context_id: int) -> None:
@@ -372,20 +374,22 @@ class StorageAssociation:
         self._store_request = request
         self._refusal = None
         if abstract not in self.settings.supported or abstract == VERIFICATION_SOP_CLASS:
-            self._refusal = StoreResult(_STATUS_SOP_CLASS_NOT_SUPPORTED, "not a storage context")
+            self._refusal = StoreResult(Status.SOP_CLASS_NOT_SUPPORTED, "not a storage context")
             return
         try:
             self._refusal = self.handler.precheck(request)
         except Exception:
             log.exception("C-STORE precheck error")
-            self._refusal = StoreResult(_STATUS_UNABLE_TO_PROCESS, "internal error")
+            self._refusal = StoreResult(Status.UNABLE_TO_PROCESS, "internal error")
         if self._refusal is not None:
             return
         try:
             self._open_sink(request)
         except OSError as exc:
             log.error("cannot open a receive file: %s", exc.strerror)
-            self._refusal = StoreResult(_STATUS_OUT_OF_RESOURCES, "cannot write to the spool")
+            self._refusal = StoreResult(
+                Status.REFUSED_OUT_OF_RESOURCES, "cannot write to the spool"
+            )
 
     def _open_sink(self, request: StoreRequest) -> None:
         path = self.settings.receive_dir / f"native-{uuid.uuid4().hex}.part"
@@ -401,16 +405,14 @@ class StorageAssociation:
             )
         )
 
-    def _on_data(self, context_id: int, length: int, is_last: bool) -> None:
+    def _on_data(self, context_id: int, length: int) -> None:
         if self._message is None or context_id != self._message_context:
             self._abort_quietly()
             raise EOFError("data set fragment without its command")
-        view, sock = self._view, self.sock
+        view = self.connection.view
         left = length
         while left > 0:
-            count = sock.recv_into(view, min(left, _CHUNK), socket.MSG_WAITALL)
-            if count == 0:
-                raise EOFError("peer closed the connection in a data set")
+            count = self.connection.recv_into(left)
             left -= count
             self.stats.bytes += count
             if self._sink is not None:
@@ -419,9 +421,9 @@ class StorageAssociation:
                 except OSError as exc:
                     log.error("cannot write a received data set: %s", exc.strerror)
                     self._drop_sink()
-                    self._refusal = StoreResult(_STATUS_OUT_OF_RESOURCES, "spool write failed")
-        if is_last:
-            self._finish_store()
+                    self._refusal = StoreResult(
+                        Status.REFUSED_OUT_OF_RESOURCES, "spool write failed"
+                    )
 
     def _write_all(self, data: memoryview) -> None:
         assert self._sink is not None
@@ -445,11 +447,11 @@ class StorageAssociation:
                 result = self.handler.store(request, path)
             except Exception:
                 log.exception("C-STORE handler error")
-                result = StoreResult(_STATUS_UNABLE_TO_PROCESS, "internal error")
+                result = StoreResult(Status.UNABLE_TO_PROCESS, "internal error")
             if result.status & 0xF000 not in (0x0000, 0xB000):  # refused: nothing keeps it
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)
-        result = result or StoreResult(_STATUS_UNABLE_TO_PROCESS, "internal error")
+        result = result or StoreResult(Status.UNABLE_TO_PROCESS, "internal error")
         self._drop_sink()
         valid = is_valid_uid(command.affected_sop_class_uid) and is_valid_uid(
             command.affected_sop_instance_uid
@@ -460,7 +462,7 @@ class StorageAssociation:
     def _respond(
         self, context_id: int, command: bytes, service: str, status: int, started: float
     ) -> None:
-        self._send(encode_p_data(context_id, command, self.request.max_pdu_length))
+        self.connection.send_command(context_id, command, self.request.max_pdu_length)
         self.stats.count(service, status)
         metrics.DIMSE_REQUEST_DURATION_SECONDS.labels(service=service).observe(
             time.perf_counter() - started

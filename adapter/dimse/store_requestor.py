@@ -31,14 +31,13 @@ from adapter.dimse.pdu import (
     ACCEPTANCE,
     P_DATA_TF,
     PduError,
-    encode_abort,
     encode_associate_rq,
-    encode_p_data,
     encode_release_rp,
     encode_release_rq,
     parse_associate_ac,
 )
 from adapter.dimse.transport import kernel_timeouts
+from adapter.dimse.upper_layer import Connection
 
 __all__ = [
     "AssociationAbortedError",
@@ -104,6 +103,7 @@ class StoreAssociation:
         peer_max_pdu: int,
     ) -> None:
         self.sock = sock
+        self.connection = Connection(sock)
         self.peer_max_pdu = peer_max_pdu
         #: (abstract syntax, accepted transfer syntax) -> context id, for accepted contexts
         self.accepted: dict[tuple[str, str], int] = {}
@@ -156,7 +156,7 @@ class StoreAssociation:
                     implementation_version_name=implementation_version_name,
                 )
             )
-            kind, body = _read_pdu(sock, _MAX_RESPONSE)
+            kind, body = Connection(sock).read_pdu(_MAX_RESPONSE)
             if kind == A_ASSOCIATE_RJ and len(body) >= 4:
                 raise AssociationRejectedError(body[1], body[2], body[3])
             if kind != A_ASSOCIATE_AC:
@@ -193,7 +193,7 @@ class StoreAssociation:
         the response. Raises AssociationAbortedError (the association is then closed)."""
         try:
             command = encode_c_store_rq(message_id, sop_class_uid, sop_instance_uid)
-            self.sock.sendall(encode_p_data(context_id, command, self.peer_max_pdu))
+            self.connection.send_command(context_id, command, self.peer_max_pdu)
             if isinstance(data_set, bytes):
                 self._send_bytes(context_id, data_set)
             else:
@@ -243,25 +243,29 @@ class StoreAssociation:
 
     def _read_response(self, message_id: int) -> StoreResponse:
         command = bytearray()
+        connection = self.connection
         while True:
-            kind, body = _read_pdu(self.sock, _MAX_RESPONSE)
+            kind, length = connection.read_pdu_header()
+            if kind != P_DATA_TF:
+                if length > _MAX_RESPONSE:
+                    raise EOFError(f"PDU of {length} bytes where a response was expected")
+                connection.skip(length)
             if kind == A_ABORT:
                 raise EOFError("the PACS aborted the association")
             if kind == A_RELEASE_RQ:
                 with contextlib.suppress(OSError):
-                    self.sock.sendall(encode_release_rp())
+                    connection.send(encode_release_rp())
                 raise EOFError("the PACS released the association instead of answering")
             if kind != P_DATA_TF:
                 raise EOFError(f"unexpected PDU type 0x{kind:02X}")
-            pos = 0
-            while pos + 6 <= len(body):
-                length, _, header = struct.unpack_from(">LBB", body, pos)
-                value = body[pos + 6 : pos + 4 + length]
-                pos += 4 + length
-                if not header & 0x01:
-                    continue  # a data fragment: no C-STORE-RSP has one
-                command += value
-                if header & 0x02:
+            if length > _MAX_RESPONSE:
+                raise EOFError(f"PDU of {length} bytes where a response was expected")
+            for pdv in connection.pdvs(length):
+                if not pdv.is_command:
+                    connection.skip(pdv.length)  # a data fragment: no C-STORE-RSP has one
+                    continue
+                command += connection.read_exact(pdv.length)
+                if pdv.is_last:
                     response = decode_response(bytes(command))
                     command = bytearray()
                     if (
@@ -277,10 +281,10 @@ class StoreAssociation:
             return
         try:
             kernel_timeouts(self.sock, timeout)
-            self.sock.sendall(encode_release_rq())
+            self.connection.send(encode_release_rq())
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                kind, _ = _read_pdu(self.sock, _MAX_RESPONSE)
+                kind, _ = self.connection.read_pdu(_MAX_RESPONSE)
                 if kind in (A_RELEASE_RP, A_ABORT):
                     break
         except (OSError, EOFError):
@@ -294,25 +298,6 @@ class StoreAssociation:
 
     def close(self, abort: bool = False) -> None:
         if self.is_established and abort:
-            with contextlib.suppress(OSError):
-                self.sock.sendall(encode_abort(source=0, reason=0))
+            self.connection.abort(source=0, reason=0)
         self.is_established = False
-        with contextlib.suppress(OSError):
-            self.sock.close()
-
-
-def _read_exact(sock: socket.socket, n: int) -> bytes:
-    data = bytearray()
-    while len(data) < n:
-        chunk = sock.recv(n - len(data), socket.MSG_WAITALL)
-        if not chunk:
-            raise EOFError("connection closed")
-        data += chunk
-    return bytes(data)
-
-
-def _read_pdu(sock: socket.socket, limit: int) -> tuple[int, bytes]:
-    kind, _, length = struct.unpack(">BBL", _read_exact(sock, 6))
-    if length > limit:
-        raise EOFError(f"PDU of {length} bytes where a response was expected")
-    return kind, _read_exact(sock, length)
+        self.connection.close()

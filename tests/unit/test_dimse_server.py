@@ -178,7 +178,9 @@ def test_stop_does_not_wait_for_a_connection_that_never_associated(
 ) -> None:
     server = serve()
     probe = socket.create_connection(("127.0.0.1", server.port), timeout=2)  # a TCP probe
-    wait_until(lambda: server._acceptors(), 5, interval=0.01, what="the probe's association")
+    gate = server._gate  # the probe waits there for an A-ASSOCIATE-RQ (establishment.py)
+    assert gate is not None
+    wait_until(gate.waiting, 5, interval=0.01, what="the probe's connection")
     start = time.monotonic()
     server.stop(10)
     assert time.monotonic() - start < 2
