@@ -7,6 +7,7 @@ The adapter runs as a subprocess (as deployed) in front of the session Orthanc.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
 from collections.abc import Callable, Iterator
@@ -64,12 +65,16 @@ def start_adapter(tmp_path: Path) -> Iterator[Callable[..., AdapterProcess]]:
 
 
 def spooled(adapter: AdapterProcess) -> list[Path]:
-    """Instance files in the spool (its lock file aside)."""
-    return [
-        p
-        for p in (adapter.workdir / "spool").rglob("*")
-        if p.is_file() and not p.name.startswith(".")
-    ]
+    """Instance files in the spool and its outboxes (its lock files aside), one per instance:
+    a routed instance's hard links in the inbox and an outbox are one file."""
+    found: dict[tuple[int, int], Path] = {}
+    for p in (adapter.workdir / "spool").rglob("*"):
+        with contextlib.suppress(FileNotFoundError):  # unlinked as it moved on
+            if not p.is_file() or p.name.startswith("."):
+                continue
+            st = p.stat()
+            found.setdefault((st.st_dev, st.st_ino), p)
+    return list(found.values())
 
 
 # ------------------------------------------------------------------ item 1: called AE title
