@@ -248,3 +248,16 @@ def test_a_gigabyte_instance_is_checked_in_a_few_reads(tmp_path: Path) -> None:
             fp.write(b"\0" * 8)
         with open(path, "rb") as raw:
             scan_part10_header(raw, path.stat().st_size)
+
+
+@pytest.mark.parametrize("bad", ["1.02.3", " 1.2.3", "1.2.3 x"])
+def test_an_affected_sop_instance_uid_that_is_not_a_uid_is_refused_before_the_data(
+    bad: str,
+) -> None:
+    from importer.store_scp import StoreScp
+
+    scp = StoreScp(spool=None, provenance=None)  # type: ignore[arg-type]
+    result = scp.precheck(StoreRequest(CT, bad, EXPLICIT, "SCU", "127.0.0.1:1"))
+    assert result is not None
+    assert (result.status, result.comment) == (0xC000, "invalid AffectedSOPInstanceUID (PS3.5 9.1)")
+    assert scp.precheck(StoreRequest(CT, "1.2.0.3", EXPLICIT, "SCU", "127.0.0.1:1")) is None
