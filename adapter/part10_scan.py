@@ -32,6 +32,7 @@ __all__ = [
     "FileMeta",
     "HeaderFacts",
     "InvalidError",
+    "NotADataSetError",
     "ScanError",
     "TruncatedError",
     "read_file_meta",
@@ -74,6 +75,10 @@ class ScanError(Exception):
 
 class InvalidError(ScanError):
     """The data set is malformed (the message is a short reason naming tags, never values)."""
+
+
+class NotADataSetError(InvalidError):
+    """Not even the first element of the data set reads: garbage, no SOP Instance UID."""
 
 
 class TruncatedError(InvalidError):
@@ -152,7 +157,14 @@ class _Reader:
         Delimitation Item; returns the offset after it."""
         seen: set[int] = set()
         while delimited or pos < limit:
-            tag, vr, length, value_pos = self.header(pos, limit)
+            try:
+                tag, vr, length, value_pos = self.header(pos, limit)
+            except TruncatedError:
+                raise
+            except InvalidError as exc:
+                if depth == 0 and not seen:  # not even a first element: garbage
+                    raise NotADataSetError(str(exc)) from None
+                raise
             if tag == _ITEM_END and delimited and depth:
                 if length:
                     raise InvalidError("Item Delimitation Item with a length")

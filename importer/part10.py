@@ -17,7 +17,13 @@ from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
 from adapter.dicomweb.json_model import is_strict_uid, is_valid_uid
-from adapter.part10_scan import InvalidError, ScanError, TruncatedError, scan_part10_header
+from adapter.part10_scan import (
+    InvalidError,
+    NotADataSetError,
+    ScanError,
+    TruncatedError,
+    scan_part10_header,
+)
 from adapter.status import Status
 
 __all__ = ["DatasetFacts", "InvalidDatasetError", "check_part10", "is_valid_uid", "printable"]
@@ -80,6 +86,9 @@ def check_part10(path: Path, sop_class_uid: str, sop_instance_uid: str) -> Datas
             scanned = scan_part10_header(fp, size)
     except TruncatedError as exc:
         raise _truncated(str(exc)) from None
+    except NotADataSetError:
+        comment = "data set has no SOP Instance UID"
+        raise InvalidDatasetError(Status.CANNOT_UNDERSTAND, comment) from None
     except InvalidError as exc:
         raise InvalidDatasetError(Status.CANNOT_UNDERSTAND, f"malformed: {exc}") from None
     except (ScanError, OSError, struct.error, UnicodeDecodeError, ValueError):
