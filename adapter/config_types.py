@@ -144,9 +144,12 @@ class DicomwebConfig(ConfigModel):
 
 
 class RetryConfig(ConfigModel):
-    """Backoff for transient failures (network, 408, 429, 5xx, busy PACS); shared by all paths."""
+    """Backoff for transient failures (network, 408, 429, 5xx, busy PACS); shared by all paths.
+    The budget is time: ``max_elapsed`` seconds since the first attempt (0 = forever)."""
 
-    max_attempts: int = Field(10, ge=0)  # 0 = forever
+    max_elapsed: float = Field(86400.0, ge=0)  # 0 = forever
+    max_attempts: int = Field(0, ge=0)  # 0 = no count limit (the legacy retry-amount flag)
+    poison_attempts: int = Field(3, ge=0)  # requests broken mid-flight, then dead letter
     initial_delay: float = Field(1.0, ge=0)
     max_delay: float = Field(60.0, ge=0)
     multiplier: float = Field(2.0, ge=1)

@@ -160,6 +160,14 @@ class DeliveryService:
                     self._retry(entry, DeliveryOutcome.transient(_short(exc)))
 
     def _deliver(self, batch: Sequence[SpoolEntry]) -> None:
+        if len(batch) > 1 and any(e.broken for e in batch):  # suspects go alone
+            for entry in batch:
+                if entry.broken:
+                    self._deliver([entry])
+            rest = [e for e in batch if not e.broken]
+            if rest:
+                self._deliver(rest)
+            return
         now = time.time()
         for entry in batch:
             entry.attempts += 1
@@ -221,15 +229,16 @@ class DeliveryService:
                 _short(exc),
                 extra={"http_status": http_status, "destination": self.destination.name},
             )
+            broke = isinstance(exc, TransientError) and exc.in_flight
             for entry in batch:
-                self._retry(
-                    entry,
-                    DeliveryOutcome.transient(
-                        _short(exc),
-                        http_status=http_status,
-                        retry_after=getattr(exc, "retry_after", None),
-                    ),
+                outcome = DeliveryOutcome.transient(
+                    _short(exc),
+                    http_status=http_status,
+                    retry_after=getattr(exc, "retry_after", None),
                 )
+                if broke and self._poisoned(entry, outcome):
+                    continue
+                self._retry(entry, outcome)
             return
         if len(batch) > 1:  # find the bad one(s): one request per instance
             log.warning(
@@ -305,7 +314,7 @@ class DeliveryService:
             self.outbox.complete(entry)
             return
         waiting = waiter is not None and waiter.result is None and waiter.mode == "delivered"
-        limit = self.policy.max_attempts
+        exhausted = self.policy.exhausted(entry.attempts, entry.first_attempt, time.time())
         delay = self.policy.delay_for(entry.attempts, _RetryAfterError(outcome.retry_after))
         if outcome.retry_after == 0.0:
             delay = 0.0
@@ -313,7 +322,7 @@ class DeliveryService:
             waiting
             and waiter is not None
             and (
-                (limit and entry.attempts >= limit)
+                exhausted
                 or (waiter.deadline is not None and time.monotonic() + delay > waiter.deadline)
             )
         ):
@@ -321,11 +330,18 @@ class DeliveryService:
                 entry, waiter, f"{self.destination.name} unavailable: {entry.last_error}"
             )
             return
-        if limit and entry.attempts >= limit and not waiting:
+        if exhausted and not waiting:
+            limit = self.policy.max_attempts
+            spent = (
+                f"{entry.attempts} attempts"
+                if limit and entry.attempts >= limit
+                else f"{time.time() - (entry.first_attempt or time.time()):.0f}s"
+                f" ({entry.attempts} attempts)"
+            )
             self._reject(
                 entry,
                 DeliveryOutcome.permanent(
-                    f"gave up after {entry.attempts} attempts: {entry.last_error}",
+                    f"gave up after {spent}: {entry.last_error}",
                     http_status=outcome.http_status,
                     status=outcome.status,
                 ),
@@ -336,6 +352,30 @@ class DeliveryService:
             waiter.held(self.destination.name, _short(outcome.detail or "", 120))
         metrics.RETRIES_TOTAL.labels(plugin=self.plugin).inc()
         self.outbox.release(entry, delay)
+
+    def _poisoned(self, entry: SpoolEntry, outcome: DeliveryOutcome) -> bool:
+        """Count a request that broke with ``entry`` in flight; after ``poison_attempts`` of
+        them it is dead-lettered (a store that crashes on it must not be crashed forever)."""
+        entry.broken += 1
+        limit = self.policy.poison_attempts
+        if not limit or entry.broken < limit:
+            return False
+        log.error(
+            "%s broke the connection %d times with this instance in flight: dead-lettering it",
+            self.destination.name,
+            entry.broken,
+            extra={
+                "sop_instance_uid": entry.sop_instance_uid,
+                "destination": self.destination.name,
+            },
+        )
+        reason = f"the destination broke the connection {entry.broken} times while it was in "
+        self._reject(
+            entry,
+            DeliveryOutcome.permanent(f"{reason}flight (last: {outcome.detail})"),
+            reason_class="poison",
+        )
+        return True
 
     def _give_back(self, entry: SpoolEntry, waiter: DeliveryWaiter, comment: str) -> None:
         """After-upload: answer 0xA700 and drop our copy; the sender still has it."""

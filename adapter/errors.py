@@ -23,7 +23,9 @@ class ConfigError(AdapterError):
 class TransientError(AdapterError):
     """A failure that may go away: retry with backoff.
 
-    ``http_status`` is set for HTTP answers; ``retry_after`` (seconds) when the peer said when.
+    ``http_status`` is set for HTTP answers; ``retry_after`` (seconds) when the peer said when;
+    ``in_flight``: the connection broke while the request was in flight (reset, closed before
+    an answer, read timeout), not before it (refused): maybe the request broke the peer.
     """
 
     def __init__(
@@ -32,10 +34,12 @@ class TransientError(AdapterError):
         *,
         http_status: int | None = None,
         retry_after: float | None = None,
+        in_flight: bool = False,
     ) -> None:
         super().__init__(message)
         self.http_status = http_status
         self.retry_after = retry_after
+        self.in_flight = in_flight
 
 
 class PermanentError(AdapterError):

@@ -12,6 +12,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from adapter.log_edge import EdgeFilter, StderrToLog, install_hooks, safe_uid
+
 __all__ = ["CONTEXT_FIELDS", "JsonFormatter", "TextFormatter", "configure_logging"]
 
 CONTEXT_FIELDS = (
@@ -38,6 +40,8 @@ def _context(record: logging.LogRecord) -> dict[str, Any]:
             continue
         if key == "status" and isinstance(value, int):
             value = f"0x{value:04X}"
+        elif key.endswith("_uid"):
+            value = safe_uid(value)  # a hostile "UID" may carry a name
         out[key] = value
     return out
 
@@ -74,11 +78,16 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(fmt: str = "auto", level: str = "INFO", stream: TextIO | None = None) -> None:
-    """Install one handler on the root logger; ``auto`` = text on a TTY, JSON otherwise."""
-    out = stream or sys.stderr
+    """Install one handler on the root logger; ``auto`` = text on a TTY, JSON otherwise.
+    Library output is redacted and rate-limited at the edge (adapter/log_edge.py)."""
+    current = sys.stderr.target if isinstance(sys.stderr, StderrToLog) else sys.stderr
+    # the process's own stderr (not a test's capture of it) is taken over for stray writes
+    process_stderr = stream is None and current is sys.__stderr__ and "pytest" not in sys.modules
+    out = stream or current
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     handler = logging.StreamHandler(out)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())
+    handler.addFilter(EdgeFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -87,3 +96,4 @@ def configure_logging(fmt: str = "auto", level: str = "INFO", stream: TextIO | N
     # pynetdicom is chatty at INFO (every PDU); keep it at WARNING unless debugging.
     logging.getLogger("pynetdicom").setLevel("DEBUG" if level == "DEBUG" else "WARNING")
     logging.getLogger("urllib3").setLevel("WARNING")
+    install_hooks(json_stderr=use_json and process_stderr)

@@ -1,10 +1,20 @@
-"""A fast, bounded scan of a Part-10 file's header (PS3.10 7.1, PS3.5 7.1) in the Little Endian
-transfer syntaxes: the transfer syntax, the four UIDs the importer needs, and where Pixel Data
-starts. Values are skipped by seeking; sequences of undefined length are walked item by item.
+"""A fast, bounded scan of a Part-10 file (PS3.10 7.1, PS3.5 7.1) in the Little Endian transfer
+syntaxes: the transfer syntax, the four UIDs the importer needs, where Pixel Data starts -- and
+the structure a store trips on, checked before we acknowledge (docs/validation.md):
 
-pydicom's reader does the same in ~1 ms per instance, which at hundreds of instances per second
-is most of a core; this costs tens of microseconds. Anything it does not expect raises
-:class:`ScanError` and the caller falls back to pydicom (which then names the problem).
+* every element header is whole and has a known VR (explicit VR); values of fixed-size VRs are
+  a multiple of their size; UI values are digits and dots, at most 64 bytes each;
+* no attribute twice in a data set or item, and after Pixel Data only higher tags (PS3.5 7.1);
+* every value, item and sequence of defined length lies inside its parent (and the file);
+  undefined lengths only on SQ, items and encapsulated Pixel Data, each closed by its
+  delimiter (of length 0), delimiters nowhere else;
+* sequences nest at most :data:`MAX_DEPTH` deep;
+* Pixel Data is encapsulated (fragments ending with a Sequence Delimitation Item, PS3.5 A.4)
+  exactly when the transfer syntax is, and whatever follows it is well-formed elements.
+
+Values are skipped by seeking (pixel data is never read), so a 1 GiB instance costs a few
+seeks. :class:`InvalidError` means malformed: refuse it. Another :class:`ScanError` means "not
+read here" (Big Endian, Deflate, UN of undefined length, ...): the caller falls back to pydicom.
 """
 
 from __future__ import annotations
@@ -14,11 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from pydicom._dicom_dict import DicomDictionary
 from pynetdicom.dsutils import split_dataset
 
 __all__ = [
+    "MAX_DEPTH",
     "FileMeta",
     "HeaderFacts",
+    "InvalidError",
+    "NotADataSetError",
     "ScanError",
     "TruncatedError",
     "read_file_meta",
@@ -31,17 +45,27 @@ _DEFLATED_JPIP = frozenset({"1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"}
 _LONG_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
+_VRS = _LONG_VRS | frozenset(
+    b"AE AS AT CS DA DS DT FL FD IS LO LT PN SH SL SS ST TM UI UL US".split()
+)
+_WIDTH = {b"AT": 4, b"FL": 4, b"FD": 8, b"OD": 8, b"OF": 4, b"OL": 4, b"OV": 8, b"OW": 2}
+_WIDTH |= {b"SL": 4, b"SS": 2, b"SV": 8, b"UL": 4, b"US": 2, b"UV": 8}
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQ_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+_PIXEL_DATA = 0x7FE00010
+_PIXEL_TAGS = frozenset({_PIXEL_DATA, 0x7FE00008, 0x7FE00009})
 _WANTED = {
-    0x00080016: "sop_class_uid",
-    0x00080018: "sop_instance_uid",
-    0x0020000D: "study_instance_uid",
-    0x0020000E: "series_instance_uid",
+    0x00080016: "SOP Class UID",
+    0x00080018: "SOP Instance UID",
+    0x0020000D: "Study Instance UID",
+    0x0020000E: "Series Instance UID",
 }
-_MAX_DEPTH = 32
+_UID_BYTES = frozenset(b"0123456789.\\")
+#: Sequences nested deeper than this are refused: real data sets use a handful of levels, and
+#: recursive parsers (dcmtk under Orthanc) crash on thousands.
+MAX_DEPTH = 16
 _MAX_ELEMENTS = 200_000
+_MAX_UI_LENGTH = 64 * 64  # a UI of up to 64 values of 64 bytes
 _HEAD = struct.Struct("<HHL")
 
 
@@ -49,8 +73,16 @@ class ScanError(Exception):
     """Not something this scanner reads: use the full parser."""
 
 
-class TruncatedError(ScanError):
-    """The file ends inside an element header: it was cut off (PS3.10 7.1)."""
+class InvalidError(ScanError):
+    """The data set is malformed (the message is a short reason naming tags, never values)."""
+
+
+class NotADataSetError(InvalidError):
+    """Not even the first element of the data set reads: garbage, no SOP Instance UID."""
+
+
+class TruncatedError(InvalidError):
+    """The file ends inside an element: it was cut off (PS3.10 7.1)."""
 
 
 @dataclass(frozen=True)
@@ -70,19 +102,38 @@ def _text(raw: bytes) -> str:
     try:
         return raw.rstrip(b"\x00 ").decode("ascii")
     except UnicodeDecodeError:
-        raise ScanError("a UID that is not ASCII") from None
+        raise InvalidError("a UID that is not ASCII") from None
+
+
+def _tag(tag: int) -> str:
+    return f"({tag >> 16:04X},{tag & 0xFFFF:04X})"
+
+
+def _implicit_vr(tag: int) -> bytes:
+    entry = DicomDictionary.get(tag)
+    return entry[0].encode() if entry is not None and len(entry[0]) == 2 else b""
 
 
 class _Reader:
-    def __init__(self, fp: BinaryIO, size: int, implicit: bool) -> None:
-        self.fp, self.size, self.implicit = fp, size, implicit
-        self.budget = _MAX_ELEMENTS
+    """The walk; ``found`` and ``pixel_pos`` describe the top-level data set."""
 
-    def header(self, pos: int) -> tuple[int, bytes, int, int]:
+    def __init__(self, fp: BinaryIO, size: int, implicit: bool, encapsulated: bool) -> None:
+        self.fp, self.size, self.implicit, self.encapsulated = fp, size, implicit, encapsulated
+        self.budget = _MAX_ELEMENTS
+        self.found: dict[int, str] = {}
+        self.pixel_pos: int | None = None
+
+    def _cut(self, what: str, limit: int) -> InvalidError:
+        """Cut off by the end of the file, or running past the end of the enclosing item."""
+        return TruncatedError(what) if limit >= self.size else InvalidError(f"{what} (item)")
+
+    def header(self, pos: int, limit: int) -> tuple[int, bytes, int, int]:
         """(tag, VR or b'', value length, value offset) of the element at ``pos``."""
         self.budget -= 1
         if self.budget <= 0:
             raise ScanError("too many elements")
+        if pos + 8 > limit:
+            raise self._cut("element header cut off", limit)
         self.fp.seek(pos)
         head = self.fp.read(8)
         if len(head) < 8:
@@ -94,41 +145,131 @@ class _Reader:
         vr = head[4:6]
         if vr in _LONG_VRS:
             more = self.fp.read(4)
-            if len(more) < 4:
-                raise ScanError("element header cut off")
+            if len(more) < 4 or pos + 12 > limit:
+                raise self._cut(f"{_tag(tag)} header cut off", limit)
             return tag, vr, struct.unpack("<L", more)[0], pos + 12
-        if not vr.isalpha() or not vr.isupper():
-            raise ScanError("not a VR")
+        if vr not in _VRS:
+            raise InvalidError(f"{_tag(tag)} has no valid VR")
         return tag, vr, struct.unpack("<H", head[6:8])[0], pos + 8
 
-    def skip_undefined(self, pos: int, depth: int) -> int:
-        """Past a sequence of undefined length whose items start at ``pos``."""
-        if depth > _MAX_DEPTH:
-            raise ScanError("sequences nested too deep")
-        while True:
-            tag, _, length, pos = self.header(pos)
-            if tag == _SEQ_END:
-                return pos
-            if tag != _ITEM:
-                raise ScanError("not an item")
-            pos = self.skip_item(pos, length, depth)
-
-    def skip_item(self, pos: int, length: int, depth: int) -> int:
-        if length != _UNDEFINED:
-            return pos + length
-        while True:
-            tag, vr, value_length, value_pos = self.header(pos)
-            if tag == _ITEM_END:
+    def elements(self, pos: int, limit: int, depth: int, delimited: bool) -> int:
+        """A data set or item from ``pos``: to ``limit``, or (``delimited``) to its Item
+        Delimitation Item; returns the offset after it."""
+        seen: set[int] = set()
+        while delimited or pos < limit:
+            try:
+                tag, vr, length, value_pos = self.header(pos, limit)
+            except TruncatedError:
+                raise
+            except InvalidError as exc:
+                if depth == 0 and not seen:  # not even a first element: garbage
+                    raise NotADataSetError(str(exc)) from None
+                raise
+            if tag == _ITEM_END and delimited and depth:
+                if length:
+                    raise InvalidError("Item Delimitation Item with a length")
                 return value_pos
-            pos = self.skip_value(value_pos, value_length, depth + 1, vr)
+            if tag >> 16 == 0xFFFE:
+                raise InvalidError(f"{_tag(tag)} where a data element belongs")
+            if tag in seen:
+                raise InvalidError(f"repeated attribute {_tag(tag)}")
+            seen.add(tag)
+            if depth == 0 and self.pixel_pos is not None and tag < _PIXEL_DATA:
+                raise InvalidError(f"{_tag(tag)} after Pixel Data")
+            if depth == 0:
+                self._top(tag, vr, length, value_pos)
+            pos = self.value(tag, vr or _implicit_vr(tag), length, value_pos, limit, depth)
+        return pos
 
-    def skip_value(self, pos: int, length: int, depth: int, vr: bytes) -> int:
-        if vr == b"UN" and length == _UNDEFINED:
-            raise ScanError("UN of undefined length (implicit VR inside)")
-        end = self.skip_undefined(pos, depth) if length == _UNDEFINED else pos + length
-        if end > self.size:
-            raise ScanError("value runs past the end of the file")
+    def _top(self, tag: int, vr: bytes, length: int, value_pos: int) -> None:
+        if tag in _PIXEL_TAGS and self.pixel_pos is None:
+            self.pixel_pos = value_pos - (8 if self.implicit or vr not in _LONG_VRS else 12)
+            encapsulated = length == _UNDEFINED
+            if tag == _PIXEL_DATA and encapsulated != self.encapsulated:
+                raise InvalidError(
+                    "encapsulated Pixel Data in a native transfer syntax"
+                    if encapsulated
+                    else "native Pixel Data in an encapsulated transfer syntax"
+                )
+        name = _WANTED.get(tag)
+        if name is None:
+            return
+        if vr not in (b"", b"UI"):
+            raise InvalidError(f"{name} {_tag(tag)} is not a UI")
+        if length > 64:
+            raise InvalidError(f"{name} too long ({length} bytes)")
+        self.fp.seek(value_pos)
+        self.found[tag] = _text(self.fp.read(length))
+
+    def value(self, tag: int, vr: bytes, length: int, pos: int, limit: int, depth: int) -> int:
+        """Past the value at ``pos``, checked against its VR and its parent's ``limit``."""
+        if length == _UNDEFINED:
+            if tag == _PIXEL_DATA and vr in (b"", b"OB", b"OW"):
+                return self.fragments(pos, limit)
+            if vr == b"UN":
+                raise ScanError("UN of undefined length (implicit VR inside)")
+            if vr not in (b"", b"SQ") and not self.implicit:
+                raise InvalidError(f"{_tag(tag)} {vr.decode()} of undefined length")
+            return self.sequence(pos, limit, depth + 1, None)
+        end = pos + length
+        if end > limit:
+            if limit >= self.size:
+                raise TruncatedError(f"{_tag(tag)} needs {length} bytes, {self.size - pos} left")
+            raise InvalidError(f"{_tag(tag)} runs past the end of its item")
+        if vr == b"SQ":
+            return self.sequence(pos, end, depth + 1, end)
+        width = _WIDTH.get(vr)
+        if width and length % width:
+            raise InvalidError(f"{_tag(tag)} {vr.decode()} of length {length}")
+        if vr == b"UI" and tag not in _WANTED and length:
+            self._check_ui(tag, pos, length)
         return end
+
+    def _check_ui(self, tag: int, pos: int, length: int) -> None:
+        if length > _MAX_UI_LENGTH:
+            raise InvalidError(f"{_tag(tag)} UI of {length} bytes")
+        self.fp.seek(pos)
+        raw = self.fp.read(length).rstrip(b"\x00 ")
+        if not set(raw) <= _UID_BYTES or any(
+            len(uid) > 64 or not uid or b".." in uid or uid[:1] == b"." or uid[-1:] == b"."
+            for uid in raw.split(b"\\")
+        ):
+            raise InvalidError(f"{_tag(tag)} is not a valid UID")
+
+    def sequence(self, pos: int, limit: int, depth: int, end: int | None) -> int:
+        """Items from ``pos`` up to ``end`` (defined length) or the Sequence Delimitation Item."""
+        if depth > MAX_DEPTH:
+            raise InvalidError(f"sequences nested deeper than {MAX_DEPTH}")
+        while end is None or pos < end:
+            tag, _, length, value_pos = self.header(pos, end if end is not None else limit)
+            if tag == _SEQ_END and end is None:
+                if length:
+                    raise InvalidError("Sequence Delimitation Item with a length")
+                return value_pos
+            if tag != _ITEM:
+                raise InvalidError(f"{_tag(tag)} where a sequence item belongs")
+            outer = end if end is not None else limit
+            if length == _UNDEFINED:
+                pos = self.elements(value_pos, outer, depth, delimited=True)
+            elif value_pos + length > outer:
+                raise self._cut("item longer than its sequence", outer)
+            else:
+                pos = self.elements(value_pos, value_pos + length, depth, delimited=False)
+        return pos
+
+    def fragments(self, pos: int, limit: int) -> int:
+        """Encapsulated Pixel Data (PS3.5 A.4): items of defined length, then the delimiter."""
+        while True:
+            tag, _, length, value_pos = self.header(pos, limit)
+            if tag == _SEQ_END:
+                if length:
+                    raise InvalidError("Pixel Data delimiter with a length")
+                return value_pos
+            if tag != _ITEM or length == _UNDEFINED:
+                raise InvalidError("encapsulated Pixel Data: bad fragment item")
+            pos = value_pos + length
+            if pos > limit:
+                raise self._cut("Pixel Data fragment cut off", limit)
 
 
 @dataclass(frozen=True)
@@ -203,7 +344,8 @@ def read_file_meta(path: Path) -> FileMeta:
 
 
 def scan_part10_header(fp: BinaryIO, size: int) -> HeaderFacts:
-    """Scan the open Part-10 file ``fp`` of ``size`` bytes (Implicit or Explicit VR LE)."""
+    """Scan the open Part-10 file ``fp`` of ``size`` bytes (Implicit or Explicit VR LE, and the
+    encapsulated syntaxes); InvalidError if it is malformed, ScanError if not read here."""
     fp.seek(0)
     meta = _meta(fp)
     syntax, pos = meta.transfer_syntax_uid, meta.data_set_offset
@@ -213,26 +355,14 @@ def scan_part10_header(fp: BinaryIO, size: int) -> HeaderFacts:
     plain = syntax in (_EXPLICIT_LE, _IMPLICIT_LE)
     if syntax in _DEFLATED_JPIP or not (plain or encapsulated):
         raise ScanError("transfer syntax not scanned here")
-    reader = _Reader(fp, size, implicit=syntax == _IMPLICIT_LE)
-    found: dict[str, str] = {}
-    while pos < size:
-        tag, vr, length, value_pos = reader.header(pos)
-        if tag in _PIXEL_TAGS:
-            break
-        name = _WANTED.get(tag)
-        if name is not None:
-            if vr not in (b"", b"UI"):
-                raise ScanError("a UID element whose VR is not UI")
-            if length > 64:
-                raise ScanError("UID value too long")  # the full parser names it
-            fp.seek(value_pos)
-            found[name] = _text(fp.read(length))
-        pos = reader.skip_value(value_pos, length, 0, vr)
+    reader = _Reader(fp, size, implicit=syntax == _IMPLICIT_LE, encapsulated=encapsulated)
+    reader.elements(pos, size, 0, delimited=False)
+    found = reader.found
     return HeaderFacts(
         transfer_syntax_uid=syntax,
-        sop_class_uid=found.get("sop_class_uid"),
-        sop_instance_uid=found.get("sop_instance_uid"),
-        study_instance_uid=found.get("study_instance_uid"),
-        series_instance_uid=found.get("series_instance_uid"),
-        pixel_pos=min(pos, size),
+        sop_class_uid=found.get(0x00080016),
+        sop_instance_uid=found.get(0x00080018),
+        study_instance_uid=found.get(0x0020000D),
+        series_instance_uid=found.get(0x0020000E),
+        pixel_pos=size if reader.pixel_pos is None else reader.pixel_pos,
     )

@@ -50,6 +50,8 @@ class PluginContext:
         r = override or self.core.retry
         return RetryPolicy(
             max_attempts=r.max_attempts,
+            max_elapsed=r.max_elapsed,
+            poison_attempts=r.poison_attempts,
             initial_delay=r.initial_delay,
             max_delay=r.max_delay,
             multiplier=r.multiplier,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import weakref
 from pathlib import Path
 
 __all__ = ["ProvenanceLog"]
@@ -59,9 +60,13 @@ class ProvenanceLog:
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            conn = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
+            # closed with its thread (one per association): not left to the cyclic GC
+            weakref.finalize(threading.current_thread(), conn.close)
         return conn
 
     def record(self, sop_instance_uid: str, source_ae: str) -> None:

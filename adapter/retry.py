@@ -57,7 +57,9 @@ class _InterruptedError(Exception):
 class RetryPolicy:
     """How often and how long to retry a call that failed with a retryable error."""
 
-    max_attempts: int = 10  # 0 = retry forever
+    max_attempts: int = 10  # 0 = no count limit
+    max_elapsed: float = 0.0  # seconds since the first attempt; 0 = no time limit
+    poison_attempts: int = 3  # requests broken mid-flight before a dead letter; 0 = never
     initial_delay: float = 1.0
     max_delay: float = 60.0
     multiplier: float = 2.0
@@ -65,8 +67,8 @@ class RetryPolicy:
     retry_http_statuses: frozenset[int] = field(default=DEFAULT_RETRY_HTTP_STATUSES)
 
     def __post_init__(self) -> None:
-        if self.max_attempts < 0:
-            raise ValueError("max_attempts must be >= 0 (0 = forever)")
+        if self.max_attempts < 0 or self.max_elapsed < 0 or self.poison_attempts < 0:
+            raise ValueError("max_attempts, max_elapsed, poison_attempts must be >= 0 (0 = off)")
         if self.initial_delay < 0 or self.max_delay < 0 or self.multiplier < 1:
             raise ValueError("delays must be >= 0 and multiplier >= 1")
 
@@ -78,6 +80,13 @@ class RetryPolicy:
         if isinstance(error, PermanentError):
             return error.http_status is not None and error.http_status in self.retry_http_statuses
         return False
+
+    def exhausted(self, attempts: int, first_attempt: float | None, now: float) -> bool:
+        """True once ``attempts`` failed attempts, the first at ``first_attempt`` (epoch
+        seconds), used up the count or the time budget (whichever is set and runs out first)."""
+        if self.max_attempts and attempts >= self.max_attempts:
+            return True
+        return bool(self.max_elapsed and first_attempt and now - first_attempt >= self.max_elapsed)
 
     def backoff(self, attempt: int) -> float:
         """The un-jittered delay after failed attempt number ``attempt`` (1-based), capped."""
@@ -106,8 +115,8 @@ class RetryPolicy:
         sleep: Callable[[float], None] = time.sleep,
         stop_event: threading.Event | None = None,
     ) -> T:
-        """Run ``fn`` until it succeeds, fails with a non-retryable error, runs out of attempts,
-        or ``stop_event`` is set; then re-raise the last error unchanged.
+        """Run ``fn`` until it succeeds, fails with a non-retryable error, runs out of attempts
+        or time, or ``stop_event`` is set; then re-raise the last error unchanged.
 
         ``on_retry(attempt, error, delay)`` is called before each sleep (for logs and metrics).
         """
@@ -145,6 +154,8 @@ class RetryPolicy:
             if self.max_attempts == 0
             else tenacity.stop_after_attempt(self.max_attempts)
         )
+        if self.max_elapsed:
+            stop = stop | tenacity.stop_after_delay(self.max_elapsed)
         if stop_event is not None:
             event = stop_event
             stop = stop | tenacity.stop_when_event_set(event)

@@ -170,6 +170,7 @@ class SpoolEntry:
     attempts: int = 0
     first_attempt: float | None = None
     last_error: str | None = None
+    broken: int = 0  # attempts during which the destination broke mid-request
     not_before: float = 0.0  # time.monotonic() before which it is not claimed again
     waiter: DeliveryWaiter | None = None
 

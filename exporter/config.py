@@ -35,7 +35,9 @@ class PubSubConfig(ConfigModel):
     subscription: str
     max_outstanding_messages: int = Field(64, ge=1)
     max_outstanding_bytes: int = Field(64 * 1024**2, ge=1024)
-    max_delivery_attempts: int = Field(10, ge=1)  # then dead letter (local record)
+    #: Fetch attempts of one message before a dead letter (local record); 0 = no count limit:
+    #: the budget is ``retry.max_elapsed`` seconds (default a day, 0 = forever).
+    max_delivery_attempts: int = Field(0, ge=0)
     dead_letter_topic: str | None = None
     emulator_host: str | None = None  # host:port of the Pub/Sub emulator (= PUBSUB_EMULATOR_HOST)
 

@@ -121,17 +121,24 @@ class _Attempts:
     dead-letter policy); bounded, oldest forgotten first."""
 
     def __init__(self, limit: int = 100_000) -> None:
-        self._counts: OrderedDict[str, int] = OrderedDict()
+        self._counts: OrderedDict[str, tuple[int, float]] = OrderedDict()
         self._lock = threading.Lock()
         self._limit = limit
 
     def next(self, message_id: str, reported: int | None) -> int:
         with self._lock:
-            count = max(self._counts.pop(message_id, 0) + 1, reported or 0)
-            self._counts[message_id] = count
+            count, first = self._counts.pop(message_id, (0, time.time()))
+            count = max(count + 1, reported or 0)
+            self._counts[message_id] = (count, first)
             while len(self._counts) > self._limit:
                 self._counts.popitem(last=False)
             return count
+
+    def first_seen(self, message_id: str) -> float | None:
+        """When this process first saw the message (epoch seconds)."""
+        with self._lock:
+            entry = self._counts.get(message_id)
+            return entry[1] if entry is not None else None
 
     def forget(self, message_id: str) -> None:
         with self._lock:
@@ -258,15 +265,18 @@ class MessageHandler:
         elif not self.retry_policy.is_retryable(exc):
             self._dead_letter(message, note, exc, attempt, "permanent")
             return
-        if attempt >= self.max_delivery_attempts:
+        first = self._attempts.first_seen(message.message_id)
+        if (
+            self.max_delivery_attempts and attempt >= self.max_delivery_attempts
+        ) or self.retry_policy.exhausted(attempt, first, time.time()):
             self._dead_letter(message, note, exc, attempt, "max_attempts")
             return
         delay = self.retry_policy.delay_for(attempt, exc)
         log.warning(
-            "export of %s failed (attempt %d/%d), redelivery in %.1fs: %s",
+            "export of %s failed (attempt %d%s), redelivery in %.1fs: %s",
             uid,
             attempt,
-            self.max_delivery_attempts,
+            f"/{self.max_delivery_attempts}" if self.max_delivery_attempts else "",
             delay,
             exc,
             extra={"sop_instance_uid": uid},
@@ -301,7 +311,12 @@ class MessageHandler:
         payload: Path | None = None,
     ) -> None:
         """Record it locally (and on the dead-letter topic, if configured), then ack."""
-        prefix = f"gave up after {attempt} attempts: " if reason_class == "max_attempts" else ""
+        prefix = ""
+        if reason_class == "max_attempts":
+            first = self._attempts.first_seen(message.message_id) or time.time()
+            counted = self.max_delivery_attempts and attempt >= self.max_delivery_attempts
+            spent = f"{time.time() - first:.0f}s ({attempt} attempts)"
+            prefix = f"gave up after {f'{attempt} attempts' if counted else spent}: "
         reason = f"{prefix}{exc}"[:2000]
         extra: dict[str, Any] = {
             "message_id": message.message_id,

@@ -16,8 +16,14 @@ from typing import BinaryIO
 from pydicom import dcmread
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ImplicitVRLittleEndian
 
-from adapter.dicomweb.json_model import is_valid_uid
-from adapter.part10_scan import ScanError, TruncatedError, scan_part10_header
+from adapter.dicomweb.json_model import is_strict_uid, is_valid_uid
+from adapter.part10_scan import (
+    InvalidError,
+    NotADataSetError,
+    ScanError,
+    TruncatedError,
+    scan_part10_header,
+)
 from adapter.status import Status
 
 __all__ = ["DatasetFacts", "InvalidDatasetError", "check_part10", "is_valid_uid", "printable"]
@@ -78,10 +84,14 @@ def check_part10(path: Path, sop_class_uid: str, sop_instance_uid: str) -> Datas
         with open(path, "rb") as fp:
             size = os.fstat(fp.fileno()).st_size
             scanned = scan_part10_header(fp, size)
-            _check_pixel_framing(fp, scanned.pixel_pos, size, scanned.transfer_syntax_uid)
     except TruncatedError as exc:
         raise _truncated(str(exc)) from None
-    except (ScanError, InvalidDatasetError, OSError, struct.error, UnicodeDecodeError, ValueError):
+    except NotADataSetError:
+        comment = "data set has no SOP Instance UID"
+        raise InvalidDatasetError(Status.CANNOT_UNDERSTAND, comment) from None
+    except InvalidError as exc:
+        raise InvalidDatasetError(Status.CANNOT_UNDERSTAND, f"malformed: {exc}") from None
+    except (ScanError, OSError, struct.error, UnicodeDecodeError, ValueError):
         pass  # pydicom decides, and names the problem
     else:
         return _facts(
@@ -143,6 +153,10 @@ def _facts(
     sop_class, sop_instance, study, series = found
     if sop_instance is None:
         raise InvalidDatasetError(Status.CANNOT_UNDERSTAND, "data set has no SOP Instance UID")
+    if not is_strict_uid(str(sop_instance)):
+        raise InvalidDatasetError(
+            Status.CANNOT_UNDERSTAND, "SOP Instance UID is not a valid UID (PS3.5 9.1)"
+        )
     if str(sop_instance) != sop_instance_uid:
         raise InvalidDatasetError(
             Status.CANNOT_UNDERSTAND, "SOP Instance UID differs from AffectedSOPInstanceUID"
@@ -152,7 +166,7 @@ def _facts(
             Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID differs from the request"
         )
     for name, value in (("Study", study), ("Series", series)):
-        if value is not None and not is_valid_uid(str(value)):
+        if value is not None and not is_strict_uid(str(value)):
             raise InvalidDatasetError(Status.CANNOT_UNDERSTAND, f"invalid {name} Instance UID")
     return DatasetFacts(
         study_instance_uid=str(study) if study else None,

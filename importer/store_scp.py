@@ -20,6 +20,7 @@ from pynetdicom import evt
 from pynetdicom.events import Event
 
 from adapter import failures, metrics
+from adapter.dicomweb.json_model import is_strict_uid
 from adapter.dimse.server import Handler, on_c_echo
 from adapter.dimse.storage_acceptor import StoreRequest, StoreResult
 from adapter.pipeline.waiter import DeliveryWaiter, Verdict
@@ -27,7 +28,7 @@ from adapter.provenance import ProvenanceLog
 from adapter.spool import SpoolEntry, SpoolFullError, SpoolMeta
 from adapter.spool_backup import SpoolBackupError
 from adapter.status import Status
-from importer.part10 import InvalidDatasetError, check_part10, is_valid_uid, printable
+from importer.part10 import InvalidDatasetError, check_part10, printable
 
 __all__ = ["SpoolTarget", "StoreScp"]
 
@@ -109,9 +110,9 @@ class StoreScp:
     def precheck(self, request: StoreRequest) -> StoreResult | None:
         """Refuse before the data set arrives: UIDs that are not UIDs (PS3.5 9.1)."""
         metrics.INSTANCES_RECEIVED_TOTAL.inc()
-        if not is_valid_uid(request.sop_class_uid):
+        if not is_strict_uid(request.sop_class_uid):
             return self._refused(request, Status.CANNOT_UNDERSTAND, "invalid AffectedSOPClassUID")
-        if not is_valid_uid(request.sop_instance_uid):
+        if not is_strict_uid(request.sop_instance_uid):
             return self._refused(
                 request, Status.CANNOT_UNDERSTAND, "invalid AffectedSOPInstanceUID (PS3.5 9.1)"
             )

@@ -25,6 +25,7 @@ __all__ = [
     "get_int",
     "get_str",
     "is_dicom_json_object",
+    "is_strict_uid",
     "is_valid_uid",
     "sequence_items",
     "validate_uid",
@@ -44,12 +45,21 @@ FAILURE_REASON = "00081197"
 WARNING_REASON = "00081196"
 
 _UID_RE = re.compile(r"[0-9]+(?:\.[0-9]+)*")
+_STRICT_UID_RE = re.compile(r"(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*")
 _TAG_RE = re.compile(r"[0-9A-Fa-f]{8}")
 
 
 def is_valid_uid(value: object) -> bool:
     """True if ``value`` is a str of digits and dots, at most 64 characters (PS3.5 9.1)."""
     return isinstance(value, str) and len(value) <= 64 and _UID_RE.fullmatch(value) is not None
+
+
+def is_strict_uid(value: object) -> bool:
+    """True if ``value`` is a UID as PS3.5 9.1 writes them: also no leading zero in a component
+    (what a received instance must carry; stored instances are matched with is_valid_uid)."""
+    return (
+        isinstance(value, str) and len(value) <= 64 and _STRICT_UID_RE.fullmatch(value) is not None
+    )
 
 
 def validate_uid(value: object, what: str = "UID") -> str:

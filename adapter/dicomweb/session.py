@@ -18,6 +18,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 from requests.auth import AuthBase, HTTPBasicAuth
 
@@ -326,8 +327,26 @@ def transport_error(exc: requests.RequestException, what: str) -> AdapterError:
     if isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
         return PermanentError(f"{what}: invalid URL: {exc}"[:500])
     if isinstance(exc, requests.exceptions.Timeout):
-        return TransientError(f"{what}: timed out: {exc}"[:500])
-    return TransientError(f"{what}: connection failed: {exc}"[:500])
+        broke = not isinstance(exc, requests.exceptions.ConnectTimeout)
+        return TransientError(f"{what}: timed out: {exc}"[:500], in_flight=broke)
+    return TransientError(f"{what}: connection failed: {exc}"[:500], in_flight=_in_flight(exc))
+
+
+def _in_flight(exc: requests.RequestException) -> bool:
+    """The connection was up and broke during the request (reset, closed before the answer),
+    as opposed to never being made (refused, unresolvable)."""
+    if isinstance(exc, requests.exceptions.ChunkedEncodingError):
+        return True
+    reason = exc.args[0] if exc.args else None
+    reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError wraps the cause
+    not_connected = (
+        urllib3.exceptions.NewConnectionError,
+        urllib3.exceptions.ConnectTimeoutError,
+        urllib3.exceptions.NameResolutionError,
+    )
+    return isinstance(exc, requests.exceptions.ConnectionError) and not isinstance(
+        reason, not_connected
+    )
 
 
 def send(

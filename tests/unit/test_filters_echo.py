@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -329,3 +330,24 @@ def test_delayed_nacks_fire_in_time_order_and_flush_on_close() -> None:
     assert (soon.nacked, late.nacked, never.nacked) == (1, 1, 0)
     nacks.close()
     assert never.nacked == 1
+
+
+@pytest.mark.parametrize("rig", [(TransientError("503"), None)], indirect=True)
+def test_fetch_retries_are_bounded_by_time_not_by_count(rig: Rig) -> None:
+    """Issue #14: a store down for a night must not turn the night's messages into dead
+    letters; the default budget is retry.max_elapsed (a day), not a count."""
+    rig.handler.max_delivery_attempts = 0  # the new default: by time
+    rig.handler.retry_policy = RetryPolicy(
+        max_attempts=0, max_elapsed=3600, initial_delay=0.01, max_delay=0.02, jitter=False
+    )
+    message = rig.message()
+    for _ in range(50):  # far more than the old 10-attempt budget
+        rig.handler(message)
+    assert (message.acked, len(rig.nacks.scheduled)) == (0, 50)
+    assert rig.dead_letters.entries() == []
+    count, _ = rig.handler._attempts._counts[message.message_id]
+    rig.handler._attempts._counts[message.message_id] = (count, time.time() - 3700)
+    rig.handler(message)  # an hour and more after the first attempt
+    [entry] = rig.dead_letters.entries()
+    assert entry.reason.startswith("gave up after 3700s (51 attempts): 503"), entry.reason
+    assert message.acked == 1
