@@ -166,7 +166,11 @@ def _facts(
             Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID differs from the request"
         )
     for name, value in (("Study", study), ("Series", series)):
-        if value is not None and not is_strict_uid(str(value)):
+        if value is None:  # Type 1 in every composite IOD (PS3.3 C.7.2.1, C.7.3.1)
+            raise InvalidDatasetError(
+                Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, f"data set has no {name} Instance UID"
+            )
+        if not is_strict_uid(str(value)):
             raise InvalidDatasetError(Status.CANNOT_UNDERSTAND, f"invalid {name} Instance UID")
     return DatasetFacts(
         study_instance_uid=str(study) if study else None,

@@ -15,6 +15,7 @@ from typing import Any
 import pydicom
 import pytest
 
+from adapter.spool import adopt_into_spool
 from tests.peers import dcmtk
 from tests.peers.adapter_proc import AdapterProcess, kill9_during_send
 from tests.peers.datasets import make_ct_series
@@ -159,12 +160,19 @@ def test_a_store_outage_in_the_middle_of_a_send_loses_nothing(
 def test_an_instance_the_store_rejects_is_dead_lettered_and_the_others_stored(
     orthanc: OrthancPeer, tmp_path: Path, start_adapter: Callable[..., AdapterProcess]
 ) -> None:
+    """The C-STORE check refuses a data set without its series now; one still reaches the
+    spool the way an operator's ``deadletters retry`` (or an older version's spool) puts it
+    there, without a check, and the store's rejection must then end in a dead letter."""
     files = make_ct_series(tmp_path / "ct", 4, rows=32, cols=32)
     bad = pydicom.dcmread(files[2])
     del bad.SeriesInstanceUID  # Orthanc refuses an instance without its series
     bad.save_as(files[2])
     adapter = start_adapter(site(orthanc.dicomweb_url, upload={"batch_linger": 0.5}))
-    dcmtk.storescu(adapter.port, files, called_aet=AET).check()
+    refused = dcmtk.storescu(adapter.port, files, called_aet=AET)
+    assert dcmtk.store_response_statuses(refused).count("Success") == 3
+    requeued = tmp_path / "requeued.dcm"
+    requeued.write_bytes(files[2].read_bytes())
+    adopt_into_spool(adapter.workdir / "spool", requeued)  # found at the next rescan
     good = uids_of(files) - {str(bad.SOPInstanceUID)}
     wait_until(lambda: good <= orthanc.sop_instance_uids(), 30, what="the good instances")
 

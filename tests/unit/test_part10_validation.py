@@ -214,7 +214,8 @@ def test_implicit_vr_data_sets_are_walked_too(tmp_path: Path) -> None:
         n = len(value) if length is None else length
         return struct.pack("<HHL", tag >> 16, tag & 0xFFFF, n) + value
 
-    good = iel(0x00080016, uid(CT)) + iel(0x00080018, uid(SOP)) + iel(0x7FE00010, bytes(8))
+    ids = iel(0x0020000D, uid(SOP + ".1")) + iel(0x0020000E, uid(SOP + ".2"))
+    good = iel(0x00080016, uid(CT)) + iel(0x00080018, uid(SOP)) + ids + iel(0x7FE00010, bytes(8))
     accepted(tmp_path, good, IMPLICIT)
     twice = iel(0x00080016, uid(CT)) + iel(0x00080018, uid(SOP)) + iel(0x00080018, uid(SOP))
     assert "repeated attribute" in refused(tmp_path, twice, IMPLICIT)
