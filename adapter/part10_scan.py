@@ -21,6 +21,7 @@ __all__ = [
     "HeaderFacts",
     "ScanError",
     "TruncatedError",
+    "element_end",
     "read_file_meta",
     "scan_part10_header",
 ]
@@ -236,3 +237,14 @@ def scan_part10_header(fp: BinaryIO, size: int) -> HeaderFacts:
         series_instance_uid=found.get("series_instance_uid"),
         pixel_pos=min(pos, size),
     )
+
+
+def element_end(fp: BinaryIO, size: int, pos: int, implicit: bool) -> int:
+    """The offset just past the element that starts at ``pos`` (e.g. Pixel Data: a native
+    value, or encapsulated fragments up to their Sequence Delimitation Item)."""
+    reader = _Reader(fp, size, implicit=implicit)
+    _, vr, length, value_pos = reader.header(pos)
+    end = reader.skip_value(value_pos, length, 0, vr)
+    if end > size:
+        raise TruncatedError("the element runs past the end of the file")
+    return end
