@@ -58,8 +58,15 @@ _DUMMY: dict[str, object] = {
     "UN": b"\x00\x00",
 }
 _TEXT_VRS = frozenset({"LO", "LT", "SH", "ST", "UC", "UT", "PN"})
-_IDENTIFYING = ("PatientName", "PatientID", "OtherPatientIDs", "AccessionNumber", "IssuerOfPatientID")
+_IDENTIFYING = (
+    "PatientName",
+    "PatientID",
+    "OtherPatientIDs",
+    "AccessionNumber",
+    "IssuerOfPatientID",
+)
 _MAX_DEPTH = 64
+_PATIENT_ID = 0x00100020
 
 
 def vr_of(elem: DataElement | RawDataElement) -> str:
@@ -89,6 +96,7 @@ class InstanceFacts:
     identify the patient (removed from descriptors that are cleaned, never logged)."""
 
     map_uid: Callable[[str], str]
+    pseudonym: Callable[[str], str] = lambda _: _DUMMY_TEXT
     day_offset: int = 0
     words: tuple[str, ...] = ()
     _pattern: re.Pattern[str] | None = field(default=None, repr=False)
@@ -100,6 +108,7 @@ class InstanceFacts:
         map_uid: Callable[[str], str],
         offset: Callable[[str], int] | None,
         words_needed: bool = True,
+        pseudonym: Callable[[str], str] | None = None,
     ) -> InstanceFacts:
         words: set[str] = set()
         for keyword in _IDENTIFYING if words_needed else ():
@@ -112,7 +121,7 @@ class InstanceFacts:
         patient_id = str(header.get("PatientID", "") or "")
         days = offset(patient_id) if offset is not None else 0
         ordered = tuple(sorted(words, key=len, reverse=True))
-        return cls(map_uid, days, ordered)
+        return cls(map_uid, pseudonym or (lambda _: _DUMMY_TEXT), days, ordered)
 
     def scrub(self, text: str) -> str:
         if not self.words:
@@ -196,10 +205,14 @@ class BasicProfile:
             if vr == "UI":
                 _map_values(ds[tag], facts.map_uid)
             else:
-                ds[tag] = DataElement(tag, vr, _DUMMY.get(vr, None))
+                ds[tag] = DataElement(tag, vr, _DUMMY.get(vr))
         elif action == "D":
-            if _value_length(raw):  # an empty value stays empty (a Type 2 attribute)
-                ds[tag] = DataElement(tag, vr, _DUMMY.get(vr, None))
+            if not _value_length(raw):
+                return  # an empty value stays empty (a Type 2 attribute)
+            if tag == _PATIENT_ID:  # one patient stays one patient
+                _map_values(ds[tag], facts.pseudonym)
+            else:
+                ds[tag] = DataElement(tag, vr, _DUMMY.get(vr))
         elif action == "C":
             self._clean(ds, tag, vr, facts)
 
@@ -217,7 +230,7 @@ class BasicProfile:
         if not self.keep_private:
             return {}
         blocks: dict[int, frozenset[int] | None] = {}
-        for tag in ds.keys():
+        for tag in list(ds.keys()):
             t = int(tag)
             group, element = t >> 16, t & 0xFFFF
             if group & 1 and 0x10 <= element <= 0xFF:

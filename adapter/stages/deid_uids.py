@@ -71,6 +71,16 @@ class UidMapper:
     def __call__(self, uid: str) -> str:
         return self._map(uid.rstrip("\x00 "))
 
+    def pseudonym(self, value: str) -> str:
+        """A consistent stand-in for an identifier (a Patient ID): 20 hex digits of its hash
+        (keyed when the mapping is), so one patient stays one patient."""
+        data = b"pseudonym\x00" + value.strip().encode("utf-8", "replace")
+        if self.keyed:
+            digest = hmac.new(self._secret, data, hashlib.sha256).hexdigest()
+        else:
+            digest = hashlib.sha256(data).hexdigest()
+        return digest[:20].upper()
+
     def day_offset(self, patient_id: str, span: int = 3650) -> int:
         """A per-patient date shift of -1 to -``span`` days (keyed when the mapping is)."""
         data = b"date-offset\x00" + patient_id.encode("utf-8", "replace")

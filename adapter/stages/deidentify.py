@@ -28,6 +28,7 @@ from pydicom.filebase import DicomFileLike
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.sequence import Sequence
+from pydicom.uid import UID
 
 from adapter.errors import ConfigError, PermanentError
 from adapter.part10_scan import ScanError, element_end, scan_part10_header
@@ -130,19 +131,20 @@ class DeidentifyStage:
         self.uids = UidMapper(config.uids)
         self.profile: BasicProfile | RedactProfile
         options = set(config.options)
-        self.retain_uids = "retain_uids" in options
         self.modified_dates = "retain_longitudinal_modified_dates" in options
         #: the options whose C actions clean text (the patient's words are looked up then)
         self.cleans_text = bool(options & _TEXT_CLEANING)
         if config.profile == "basic":
             table = ActionTable.for_options(config.options, [parse_tag(t) for t in config.keep])
             self.profile = BasicProfile(table, config.keep_private, self.modified_dates)
+            self._maps_media_storage_uid = table.action(0x00020003) in ("U", "D")
         else:
             keep = config.keep_list is not None
             names = config.keep_list or config.remove_list or ()
             if config.filter_profile == "CHC_BASIC":
                 names = chc_basic_tags()
             self.profile = RedactProfile([parse_tag(n) for n in names], keep_list=keep)
+            self._maps_media_storage_uid = True
 
     @classmethod
     def from_config(cls, name: str, config: object, context: StageContext) -> DeidentifyStage:
@@ -169,7 +171,11 @@ class DeidentifyStage:
             transfer_syntax_uid=str(header.file_meta.get("TransferSyntaxUID", "") or "") or None,
         )
         calling = instance.origin.calling_ae
-        if self.provenance is not None and calling and meta.sop_instance_uid != instance.meta.sop_instance_uid:
+        if (
+            self.provenance is not None
+            and calling
+            and meta.sop_instance_uid != instance.meta.sop_instance_uid
+        ):
             self.provenance.record(meta.sop_instance_uid, calling)  # the echo guard knows it
         return instance.rewritten(out, meta)
 
@@ -178,8 +184,7 @@ class DeidentifyStage:
         if self.modified_dates:
             fixed = self.config.date_offset_days
             offset = (lambda _: fixed) if fixed is not None else self.uids.day_offset
-        mapper = (lambda uid: uid) if self.retain_uids else self.uids
-        return InstanceFacts.of(header, mapper, offset, self.cleans_text)
+        return InstanceFacts.of(header, self.uids, offset, self.cleans_text, self.uids.pseudonym)
 
     def _check_burned_in(self, header: Dataset, instance: Instance, has_pixels: bool) -> None:
         if self.config.burned_in == "pass":
@@ -214,14 +219,16 @@ class DeidentifyStage:
             self._clean(header, facts)
             if tail is not None:
                 self.profile.apply(tail, facts, 0)
-            if start < size and isinstance(self.profile, RedactProfile) and self.profile.nulls(
-                _PIXEL_DATA
+            if (
+                start < size
+                and isinstance(self.profile, RedactProfile)
+                and self.profile.nulls(_PIXEL_DATA)
             ):
                 # the Java redactor emptied Pixel Data, and then wrote Explicit VR Little Endian
                 encapsulated = scan.transfer_syntax_uid not in (_IMPLICIT_LE, _EXPLICIT_LE)
                 header.add_new(_PIXEL_DATA, "OB" if encapsulated else "OW", None)
                 if encapsulated and not implicit:
-                    header.file_meta.TransferSyntaxUID = _EXPLICIT_LE
+                    header.file_meta.TransferSyntaxUID = UID(_EXPLICIT_LE)
                 start = end
             with open(out, "wb") as dst:
                 dcmwrite(dst, header, enforce_file_format=True)
@@ -245,8 +252,9 @@ class DeidentifyStage:
     def _clean(self, header: FileDataset, facts: InstanceFacts) -> None:
         self.profile.apply(header, facts, 0)
         meta = header.file_meta
-        if "MediaStorageSOPInstanceUID" in meta and not self.retain_uids:
-            meta.MediaStorageSOPInstanceUID = facts.map_uid(str(meta.MediaStorageSOPInstanceUID))
+        if "MediaStorageSOPInstanceUID" in meta and self._maps_media_storage_uid:
+            old = str(meta.MediaStorageSOPInstanceUID)
+            meta.MediaStorageSOPInstanceUID = UID(facts.map_uid(old))
         if isinstance(self.profile, BasicProfile):
             self._mark(header)
 

@@ -50,7 +50,7 @@ _HEX_TAG = re.compile(r"^[0-9A-Fa-f]{1,8}$")
 
 def parse_tag(text: str) -> int:
     """A tag named as the Java redactor names it: a PS3.6 keyword, else hexadecimal digits."""
-    tag = tag_for_keyword(text)
+    tag = tag_for_keyword(text) if text else None
     if tag is not None:
         return int(tag)
     if _HEX_TAG.match(text):
@@ -155,8 +155,7 @@ class DeidentifyStageConfig(ConfigModel):
             if len(lists) != 1:
                 raise PydanticCustomError(
                     "redact",
-                    "profile 'redact' needs exactly one of remove_list, keep_list, "
-                    "filter_profile",
+                    "profile 'redact' needs exactly one of remove_list, keep_list, filter_profile",
                 )
             if self.options or self.keep or self.keep_private:
                 raise PydanticCustomError(

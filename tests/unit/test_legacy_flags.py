@@ -93,11 +93,7 @@ def test_oauth_scopes_are_split_on_commas() -> None:
 
 @pytest.mark.parametrize(
     "flag",
-    [
-        "--redact_keep_list=PatientID",
-        "--store_compress_to_transfer_syntax=1.2.840.10008.1.2.4.90",
-        "--redact_filter_profile=CHC_BASIC",
-    ],
+    ["--store_compress_to_transfer_syntax=1.2.840.10008.1.2.4.90"],  # redact: see test_deidentify
 )
 def test_unbuilt_features_are_refused_by_name(flag: str) -> None:
     name = flag.split("=")[0]
@@ -407,6 +403,8 @@ def test_dimse_cmove_aet_alone_sets_the_move_calling_ae() -> None:
     cfg, _ = importer_of([*GUIDE_ARGS, "--dimse_cmove_aet=CMOVEAET"])
     assert cfg.query.move_calling_ae_title == "CMOVEAET"
     assert cfg.dimse.ae_title == "IMPORTADAPTER"
+
+
 def test_fuzzy_matching_and_java_c_find_answers_in_legacy_mode() -> None:
     base = ["--dimse_aet=IMPORTADAPTER", "--dicomweb_address=http://127.0.0.1:8042/dicom-web"]
     data, _ = translate([*base, "--fuzzy_matching"], "import")
