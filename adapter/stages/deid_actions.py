@@ -112,7 +112,7 @@ class InstanceFacts:
     ) -> InstanceFacts:
         words: set[str] = set()
         for keyword in _IDENTIFYING if words_needed else ():
-            elem = header.data_element(keyword)
+            elem = header.data_element(keyword) if keyword in header else None
             if elem is None or elem.value in (None, ""):
                 continue
             values = elem.value if elem.VM > 1 else [elem.value]

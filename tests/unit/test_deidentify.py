@@ -215,6 +215,23 @@ def test_modified_dates_shift_every_date_by_the_offset(tmp_path: Path) -> None:
     assert got.LongitudinalTemporalInformationModified == "MODIFIED"
 
 
+def test_cleaning_options_on_an_ordinary_instance(tmp_path: Path) -> None:
+    [path] = make_ct_series(tmp_path, 1, rows=8, cols=8)  # no Other Patient IDs, no Issuer
+    ds = pydicom.dcmread(path)
+    ds.StationName, ds.StudyDescription = "CT ROOM 2", "Head CT of Patient, test"
+    ds.save_as(path)
+    got = pydicom.dcmread(
+        stage(options=["retain_device_identity"]).process(instance_of(path), tmp_path).path
+    )
+    assert got.PatientName == "" and got.StationName == "CT ROOM 2"  # K: retained
+    assert "StudyDescription" not in got  # X without Clean Descriptors
+    got = pydicom.dcmread(
+        stage(options=["clean_descriptors"]).process(instance_of(path), tmp_path).path
+    )
+    assert got.StudyDescription == "Head CT of ,"  # TEST^PATIENT: both words go
+    assert got.StationName == "ANONYMIZED"  # X/Z/D: a dummy
+
+
 def test_private_attributes_go_unless_a_rule_keeps_them(tmp_path: Path) -> None:
     [path] = make_ct_series(tmp_path, 1, rows=8, cols=8)
     ds = pydicom.dcmread(path)
