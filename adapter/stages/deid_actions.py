@@ -20,7 +20,7 @@ from pydicom.sequence import Sequence
 from adapter.stages.deid_table import ActionTable
 from adapter.stages.deidentify_config import PrivateKeepRule
 
-__all__ = ["BasicProfile", "InstanceFacts", "RedactProfile", "vr_of"]
+__all__ = ["BasicProfile", "InstanceFacts", "RedactProfile", "shift_date", "vr_of"]
 
 _DUMMY_TEXT = "ANONYMIZED"
 _DUMMY: dict[str, object] = {
@@ -131,7 +131,7 @@ class InstanceFacts:
         return self._pattern.sub("", text)
 
 
-def _shift_date(value: str, days: int) -> str:
+def shift_date(value: str, days: int) -> str:
     try:
         shifted = dt.date(int(value[:4]), int(value[4:6]), int(value[6:8])) + dt.timedelta(days)
     except ValueError:
@@ -165,6 +165,13 @@ class BasicProfile:
         for rule in keep_private:
             elements = frozenset(int(e, 16) for e in rule.elements) or None
             self.keep_private[(int(rule.group, 16), rule.creator.strip())] = elements
+
+    def raw_action(self, tag: int, vr: str, depth: int) -> str | None:
+        """The action of the fast path (which runs only without keep_private rules)."""
+        if tag >> 16 & 1:
+            return "X"
+        action = self.table.action(tag)
+        return None if action == "K" else action
 
     def apply(self, ds: Dataset, facts: InstanceFacts, depth: int = 0) -> None:
         if depth > _MAX_DEPTH:
@@ -220,7 +227,7 @@ class BasicProfile:
         elem = ds[tag]
         if vr in ("DA", "DT"):
             if self.modified_dates and facts.day_offset:
-                _map_values(elem, lambda v: _shift_date(v, facts.day_offset))
+                _map_values(elem, lambda v: shift_date(v, facts.day_offset))
         elif vr in _TEXT_VRS:
             _map_values(elem, facts.scrub)
 
@@ -267,6 +274,14 @@ class RedactProfile:
     def __init__(self, tags: Iterable[int], keep_list: bool) -> None:
         self.tags = frozenset(tags)
         self.keep_list = keep_list
+
+    def raw_action(self, tag: int, vr: str, depth: int) -> str | None:
+        """The same as :meth:`apply`, for the fast path."""
+        if tag in _JAVA_UIDS or (depth and tag in _REFERENCES):
+            return "U" if vr == "UI" else None
+        if depth == 0 and self.nulls(tag):
+            return "Z"
+        return None
 
     def nulls(self, tag: int) -> bool:
         return (tag in self.tags) != self.keep_list

@@ -16,7 +16,7 @@ passed or quarantined (a PermanentError: the pipeline dead-letters it with the r
 from __future__ import annotations
 
 import logging
-import os
+import struct
 import uuid
 from dataclasses import replace
 from pathlib import Path
@@ -35,7 +35,9 @@ from adapter.part10_scan import ScanError, element_end, scan_part10_header
 from adapter.pipeline.instance import Instance
 from adapter.provenance import ProvenanceLog
 from adapter.stages import StageContext
-from adapter.stages.deid_actions import BasicProfile, InstanceFacts, RedactProfile
+from adapter.stages.deid_actions import BasicProfile, InstanceFacts, RedactProfile, shift_date
+from adapter.stages.deid_fast import FastJob, Written, rewrite_file, send_bytes
+from adapter.stages.deid_raw import UnsupportedError, element
 from adapter.stages.deid_table import ActionTable, chc_basic_tags
 from adapter.stages.deid_uids import UidMapper
 from adapter.stages.deidentify_config import DeidentifyStageConfig, parse_tag
@@ -84,39 +86,19 @@ _METHOD_CODES = {
 }
 
 
-def burned_in_reason(header: Dataset, sop_class_uid: str, has_pixels: bool) -> str | None:
-    """Why the pixels may identify the patient (None: the header vouches they do not)."""
-    burned = str(header.get("BurnedInAnnotation", "") or "").strip().upper()
+def burned_in_reason(
+    burned: str, features: str, sop_class_uid: str, has_pixels: bool
+) -> str | None:
+    """Why the pixels may identify the patient (None: the header vouches they do not), from
+    Burned In Annotation and Recognizable Visual Features."""
+    burned = burned.strip().upper()
     if burned == "YES":
         return "Burned In Annotation is YES"
-    if str(header.get("RecognizableVisualFeatures", "") or "").strip().upper() == "YES":
+    if features.strip().upper() == "YES":
         return "Recognizable Visual Features is YES"
     if has_pixels and burned != "NO" and sop_class_uid.startswith(_OFTEN_BURNED_IN):
         return "no Burned In Annotation NO, in a SOP class that often burns text in"
     return None
-
-
-def _send(src: BinaryIO, dst: BinaryIO, start: int, end: int) -> None:
-    """Copy bytes [start, end) of ``src`` to ``dst`` in the kernel where it can."""
-    dst.flush()
-    offset, out_fd, in_fd = start, dst.fileno(), src.fileno()
-    try:
-        while offset < end:
-            sent = os.sendfile(out_fd, in_fd, offset, min(end - offset, 1 << 30))
-            if sent == 0:
-                raise PermanentError("the file ended inside Pixel Data")
-            offset += sent
-        return
-    except OSError:
-        if offset >= end:
-            return
-    src.seek(offset)
-    while offset < end:
-        chunk = src.read(min(end - offset, 1 << 20))
-        if not chunk:
-            raise PermanentError("the file ended inside Pixel Data")
-        dst.write(chunk)
-        offset += len(chunk)
 
 
 class DeidentifyStage:
@@ -145,6 +127,8 @@ class DeidentifyStage:
                 names = chc_basic_tags()
             self.profile = RedactProfile([parse_tag(n) for n in names], keep_list=keep)
             self._maps_media_storage_uid = True
+        #: the byte-level path (deid_raw) does all but text cleaning and private keep rules
+        self.fast = not self.cleans_text and not config.keep_private
 
     @classmethod
     def from_config(cls, name: str, config: object, context: StageContext) -> DeidentifyStage:
@@ -156,7 +140,7 @@ class DeidentifyStage:
     def process(self, instance: Instance, work_dir: Path) -> Instance:
         out = Path(work_dir) / f"deid-{uuid.uuid4().hex}.dcm"
         try:
-            header = self._rewrite(instance, out)
+            written = self._rewrite(instance, out)
         except PermanentError:
             out.unlink(missing_ok=True)
             raise
@@ -165,10 +149,10 @@ class DeidentifyStage:
             raise PermanentError(f"de-identification failed: {type(exc).__name__}") from exc
         meta = replace(
             instance.meta,
-            sop_instance_uid=str(header.get("SOPInstanceUID", "") or instance.sop_instance_uid),
-            study_instance_uid=str(header.get("StudyInstanceUID", "") or "") or None,
-            series_instance_uid=str(header.get("SeriesInstanceUID", "") or "") or None,
-            transfer_syntax_uid=str(header.file_meta.get("TransferSyntaxUID", "") or "") or None,
+            sop_instance_uid=written.sop or instance.sop_instance_uid,
+            study_instance_uid=written.study,
+            series_instance_uid=written.series,
+            transfer_syntax_uid=written.transfer_syntax or None,
         )
         calling = instance.origin.calling_ae
         if (
@@ -187,22 +171,32 @@ class DeidentifyStage:
         return InstanceFacts.of(header, self.uids, offset, self.cleans_text, self.uids.pseudonym)
 
     def _check_burned_in(self, header: Dataset, instance: Instance, has_pixels: bool) -> None:
+        burned = str(header.get("BurnedInAnnotation", "") or "")
+        features = str(header.get("RecognizableVisualFeatures", "") or "")
+        self._burned_in(instance, burned, features, has_pixels)
+
+    def _burned_in(self, instance: Instance, burned: str, features: str, pixels: bool) -> None:
         if self.config.burned_in == "pass":
             return
-        reason = burned_in_reason(header, instance.sop_class_uid, has_pixels)
+        reason = burned_in_reason(burned, features, instance.sop_class_uid, pixels)
         if reason is not None:
             raise PermanentError(
                 f"de-identification ({self.name}): {reason}; quarantined by the burned_in "
                 "policy (pixel data is not redacted)"
             )
 
-    def _rewrite(self, instance: Instance, out: Path) -> FileDataset:
+    def _rewrite(self, instance: Instance, out: Path) -> Written:
         size = instance.path.stat().st_size
         with open(instance.path, "rb") as src:
             try:
                 scan = scan_part10_header(src, size)
             except ScanError:
-                return self._rewrite_whole(instance, src, out)
+                return _written(self._rewrite_whole(instance, src, out))
+            if self.fast:
+                try:
+                    return rewrite_file(src, size, scan, out, self._job(instance))
+                except UnsupportedError:
+                    out.unlink(missing_ok=True)  # the pydicom path below, which names problems
             src.seek(0)
             header = dcmread(src, stop_before_pixels=True, force=True)
             implicit = scan.transfer_syntax_uid == _IMPLICIT_LE
@@ -232,12 +226,48 @@ class DeidentifyStage:
                 start = end
             with open(out, "wb") as dst:
                 dcmwrite(dst, header, enforce_file_format=True)
-                _send(src, dst, start, end)
+                send_bytes(src, dst, start, end)
                 if tail is not None and len(tail):
                     writer = DicomFileLike(dst)
                     writer.is_implicit_VR, writer.is_little_endian = implicit, True
                     write_dataset(writer, tail)
-        return header
+        return _written(header)
+
+    def _job(self, instance: Instance) -> FastJob:
+        offset = None
+        if self.modified_dates:
+            fixed = self.config.date_offset_days
+            offset = (lambda _: fixed) if fixed is not None else self.uids.day_offset
+        nulls = isinstance(self.profile, RedactProfile) and self.profile.nulls(_PIXEL_DATA)
+        return FastJob(
+            decide=self.profile.raw_action,
+            map_uid=self.uids,
+            pseudonym=self.uids.pseudonym,
+            day_offset=offset,
+            shift=shift_date,
+            inserts=self._inserts,
+            maps_media_storage_uid=self._maps_media_storage_uid,
+            nulls_pixel_data=nulls,
+            check_burned_in=lambda b, f, p: self._burned_in(instance, b, f, p),
+            max_tail=_MAX_TAIL,
+        )
+
+    def _inserts(self, implicit: bool) -> list[tuple[int, bytes]]:
+        """The elements _mark adds, encoded (the fast path)."""
+        if not isinstance(self.profile, BasicProfile):
+            return []
+        items = b""
+        for value, meaning in self._codes():
+            item = element(0x00080100, "SH", value.encode(), implicit)
+            item += element(0x00080102, "SH", b"DCM", implicit)
+            item += element(0x00080104, "LO", meaning.encode(), implicit)
+            items += struct.pack("<HHL", 0xFFFE, 0xE000, len(item)) + item
+        return [
+            (0x00120062, element(0x00120062, "CS", b"YES", implicit)),
+            (0x00120063, element(0x00120063, "LO", self._method().encode(), implicit)),
+            (0x00120064, element(0x00120064, "SQ", items, implicit)),
+            (0x00280303, element(0x00280303, "CS", self._longitudinal().encode(), implicit)),
+        ]
 
     def _rewrite_whole(self, instance: Instance, src: BinaryIO, out: Path) -> FileDataset:
         """Deflated or Big Endian: the scan does not read it, pydicom rewrites it whole."""
@@ -258,23 +288,40 @@ class DeidentifyStage:
         if isinstance(self.profile, BasicProfile):
             self._mark(header)
 
+    def _method(self) -> str:
+        return "PS3.15 E.1 Basic Profile" + (" with options" if self.config.options else "")
+
+    def _codes(self) -> list[tuple[str, str]]:
+        return [_METHOD_CODES[k] for k in ("basic", *self.config.options) if k in _METHOD_CODES]
+
+    def _longitudinal(self) -> str:
+        if self.modified_dates:
+            return "MODIFIED"
+        if "retain_longitudinal_full_dates" in self.config.options:
+            return "UNMODIFIED"
+        return "REMOVED"
+
     def _mark(self, ds: Dataset) -> None:
         """PS3.15 E.1.1: say that (and how) the instance was de-identified."""
         ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = "PS3.15 E.1 Basic Profile" + (
-            " with options" if self.config.options else ""
-        )
+        ds.DeidentificationMethod = self._method()
         codes = Sequence()
-        for key in ("basic", *self.config.options):
-            if key in _METHOD_CODES:
-                item = Dataset()
-                item.CodeValue, item.CodeMeaning = _METHOD_CODES[key]
-                item.CodingSchemeDesignator = "DCM"
-                codes.append(item)
+        for value, meaning in self._codes():
+            item = Dataset()
+            item.CodeValue, item.CodeMeaning = value, meaning
+            item.CodingSchemeDesignator = "DCM"
+            codes.append(item)
         ds.DeidentificationMethodCodeSequence = codes
-        if self.modified_dates:
-            ds.LongitudinalTemporalInformationModified = "MODIFIED"
-        elif "retain_longitudinal_full_dates" in self.config.options:
-            ds.LongitudinalTemporalInformationModified = "UNMODIFIED"
-        else:
-            ds.LongitudinalTemporalInformationModified = "REMOVED"
+        ds.LongitudinalTemporalInformationModified = self._longitudinal()
+
+
+def _written(ds: FileDataset) -> Written:
+    def text(value: object) -> str | None:
+        return str(value) if value not in (None, "") else None
+
+    return Written(
+        text(ds.get("SOPInstanceUID")),
+        text(ds.get("StudyInstanceUID")),
+        text(ds.get("SeriesInstanceUID")),
+        str(ds.file_meta.get("TransferSyntaxUID", "") or ""),
+    )
