@@ -195,8 +195,13 @@ class DeidentifyStage:
             if self.fast:
                 try:
                     return rewrite_file(src, size, scan, out, self._job(instance))
-                except UnsupportedError:
+                except UnsupportedError as exc:
                     out.unlink(missing_ok=True)  # the pydicom path below, which names problems
+                    log.debug(
+                        "de-identification: the byte-level path passes (%s)",
+                        exc,
+                        extra={"sop_instance_uid": instance.sop_instance_uid},
+                    )
             src.seek(0)
             header = dcmread(src, stop_before_pixels=True, force=True)
             implicit = scan.transfer_syntax_uid == _IMPLICIT_LE
