@@ -58,11 +58,11 @@ def test_refused_legacy_flag_exits_2_with_its_name(capsys: pytest.CaptureFixture
         [
             "--dimse_aet=A",
             "--dicomweb_address=http://x/dicom-web",
-            "--redact_filter_profile=CHC_BASIC",
+            "--store_compress_to_transfer_syntax=1.2.840.10008.1.2.4.90",
         ]
     )
     assert code == 2
-    assert "not supported yet: --redact_filter_profile" in capsys.readouterr().err
+    assert "not supported yet: --store_compress_to_transfer_syntax" in capsys.readouterr().err
 
 
 def test_installed_console_script_answers_help() -> None:
