@@ -17,6 +17,8 @@ from typing import Any
 from adapter.errors import ConfigError
 from adapter.legacy_routing import aet_dictionary, compress_stage, destination_config, gcs_backup
 from adapter.legacy_routing import set_path as _set
+from adapter.legacy_stages import REDACT_FLAGS as R
+from adapter.legacy_stages import redaction
 
 __all__ = ["EXPORT_FLAGS", "IMPORT_FLAGS", "is_legacy_import_invocation", "translate"]
 
@@ -290,9 +292,9 @@ IMPORT_FLAGS: dict[str, Flag] = {
             "{filter, name, host, port}.",
             lambda d, on: d.setdefault("_legacy", {}).__setitem__("send_to_all", on),
         ),
-        _flag("redact_remove_list", "Redaction.", None),
-        _flag("redact_keep_list", "Redaction.", None),
-        _flag("redact_filter_profile", "Redaction.", None),
+        _flag("redact_remove_list", "Tags emptied before upload (comma-separated).", _keep(R[0])),
+        _flag("redact_keep_list", "Tags kept, all others emptied (comma-separated).", _keep(R[1])),
+        _flag("redact_filter_profile", "Redact by a profile: CHC_BASIC.", _keep(R[2])),
         _flag("store_compress_to_transfer_syntax", "Transcode to UID.", _keep("compress_to")),
         _flag_bool(
             "fuzzy_matching",
@@ -454,6 +456,7 @@ def translate(
             _set(data, "importer.query.move_calling_ae_title", legacy["cmove_aet"])
         aet_dictionary(data, legacy, environ, warnings)
         destination_config(data, legacy, environ, warnings)
+        redaction(data, legacy, warnings)  # before any transcoding stage on every route
         compress_stage(data, legacy)  # after the redaction stage: stages run in list order
         # Java semantics: a C-FIND answer holds every attribute the store's QIDO-RS result held.
         importer.setdefault("query", {}).setdefault("return_keys", "store")

@@ -35,6 +35,7 @@ __all__ = [
     "NotADataSetError",
     "ScanError",
     "TruncatedError",
+    "element_end",
     "read_file_meta",
     "scan_part10_header",
 ]
@@ -366,3 +367,12 @@ def scan_part10_header(fp: BinaryIO, size: int) -> HeaderFacts:
         series_instance_uid=found.get(0x0020000E),
         pixel_pos=size if reader.pixel_pos is None else reader.pixel_pos,
     )
+
+
+def element_end(fp: BinaryIO, size: int, pos: int, implicit: bool) -> int:
+    """The offset just past the element that starts at ``pos`` (e.g. Pixel Data: a native
+    value, or encapsulated fragments up to their Sequence Delimitation Item)."""
+    reader = _Reader(fp, size, implicit=implicit, encapsulated=False)
+    tag, vr, length, value_pos = reader.header(pos, size)
+    end: int = reader.value(tag, vr or _implicit_vr(tag), length, value_pos, size, 0)
+    return end

@@ -3,6 +3,7 @@ dicom-adapter -> Orthanc until queryable, (d) the adapter's peak RSS with one bi
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import sys
 import threading
@@ -64,15 +65,26 @@ def qido_instances(dicomweb: str, study: str, series: str) -> int:
     return len(r.json())
 
 
-def wait_queryable(peer: OrthancPeer, series: Series, timeout: float) -> float:
+def java_uid(uid: str) -> str:
+    """The de-identified UID (the Java adapter's rule: 2.25. + the name-based UUID)."""
+    b = bytearray(hashlib.md5(uid.encode()).digest())
+    b[6], b[8] = (b[6] & 0x0F) | 0x30, (b[8] & 0x3F) | 0x80
+    return f"2.25.{int.from_bytes(b, 'big')}"
+
+
+def wait_queryable(peer: OrthancPeer, series: Series, timeout: float,
+                   deid: bool = False) -> float:
     """Poll (cheap /statistics first, then QIDO) until QIDO finds every instance; returns the
-    monotonic time when it did."""
+    monotonic time when it did (``deid``: under their de-identified UIDs)."""
     expected = len(series.instances)
+    study, series_uid = series.study_uid, series.series_uid
+    if deid:
+        study, series_uid = java_uid(study), java_uid(series_uid)
 
     def done() -> float:  # 0.0 = not yet
         if peer.instance_count() < expected:
             return 0.0
-        found = qido_instances(peer.dicomweb_url, series.study_uid, series.series_uid)
+        found = qido_instances(peer.dicomweb_url, study, series_uid)
         return time.monotonic() if found >= expected else 0.0
 
     return poll(done, timeout, f"{expected} instances queryable in Orthanc", interval=0.05)
@@ -212,10 +224,12 @@ class ImportBench:
 
     # ---------------------------------------------------------------- (c), (d)
     def _adapter(self, workdir: Path, peer: OrthancPeer, workers: int,
-                 processes: int = 1, second: OrthancPeer | None = None) -> AdapterProcess:
+                 processes: int = 1, second: OrthancPeer | None = None,
+                 deid: bool = False) -> AdapterProcess:
         """The importer as the brief's site YAML describes it, on free ports; ``processes`` >
         1: that many receiving processes (importer.dimse.processes); ``second``: fan every
-        instance out to that store too (a second DICOMweb destination with its own outbox)."""
+        instance out to that store too (a second DICOMweb destination with its own outbox);
+        ``deid``: the default route de-identifies (PS3.15 basic profile) before upload."""
         dimse_port = free_port()
         dimse: dict[str, Any] = {"ae_title": ADAPTER_AET, "bind": LOOPBACK, "port": dimse_port}
         if processes > 1:
@@ -239,11 +253,15 @@ class ImportBench:
                 "delivery": {"workers": workers, "batch_max_instances": BATCH},
             }}
             config["importer"]["routing"] = {"default": ["store", "second"]}
+        if deid:
+            config["stages"] = {"research": {"kind": "deidentify"}}
+            config["importer"]["routing"] = {"default_stages": ["research"]}
         return AdapterProcess(workdir / "adapter", config, dimse_port=dimse_port,
                               name=f"adapter-{workdir.name}").start()
 
     def through_adapter(self, series: Series, associations: int, workers: int = 4,
-                        processes: int = 1, fan_out: bool = False) -> Measurement:
+                        processes: int = 1, fan_out: bool = False,
+                        deid: bool = False) -> Measurement:
         n = len(series.instances)
         key = f"c-a{associations}" + (f"-p{processes}" if processes > 1 else "")
         label = f"storescu x{associations} -> dicom-adapter -> Orthanc, until QIDO finds all"
@@ -253,6 +271,10 @@ class ImportBench:
             key += "-fan2"
             label = (f"storescu x{associations} -> dicom-adapter -> 2 Orthancs (fan-out), "
                      "until QIDO finds all in both")
+        if deid:
+            key += "-deid"
+            label = (f"storescu x{associations} -> dicom-adapter (de-identify, PS3.15 basic "
+                     "profile) -> Orthanc, until QIDO finds all")
         why_not = importer_available()
         if why_not:
             return Measurement(key, label, n, series.total_bytes, error=why_not)
@@ -266,7 +288,7 @@ class ImportBench:
             adapter: AdapterProcess | None = None
             spy: PySpy | None = None
             try:
-                adapter = self._adapter(tmp, peer, workers, processes, second)
+                adapter = self._adapter(tmp, peer, workers, processes, second, deid)
                 say(f"{key}: sending {n} instances over {associations} association(s)")
                 if self.profile_dir is not None and i == 0:
                     spy = PySpy(adapter.pid, self.profile_dir / f"profile-{key}.txt").start()
@@ -279,7 +301,7 @@ class ImportBench:
                 if ok != n:
                     raise RuntimeError(f"storescu: {ok} of {n} acknowledged; adapter log: "
                                        f"{adapter.log_tail()}")
-                done = wait_queryable(peer, series, timeout=120 + n)
+                done = wait_queryable(peer, series, timeout=120 + n, deid=deid)
                 if second is not None:
                     done = max(done, wait_queryable(second, series, timeout=120 + n))
                 extra: dict[str, Any] = {

@@ -154,6 +154,12 @@ def verdicts(rows: dict[str, Measurement]) -> list[str]:
         if two and one:
             out.append(f"  the stores' own fan-out cost: b-two-stores / b-StowClient-c4 = "
                        f"{two / one:.2f}; c-a8-fan2 / b-two-stores = {fan / two:.2f}")
+    deid = _rate(rows, "c-a8-deid")
+    if single and deid:
+        ratio = deid / single
+        out.append(f"de-identification ratio c-a8-deid / c-a8 = {ratio:.2f} (PS3.15 basic "
+                   f"profile on the default route, same run; target >= 0.8: "
+                   f"{'MET' if ratio >= 0.8 else 'NOT MET'})")
     d = rows.get("d")
     if d is not None and d.runs:
         peak = d.extra_max("peak_rss_mb")
@@ -229,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(bench.through_adapter(series, 8, processes=2))
             rows.append(bench.through_adapter(series, 8, fan_out=True))
             rows.append(bench.stow_two_stores(series))
+            rows.append(bench.through_adapter(series, 8, deid=True))
             if args.big_mb:
                 big = big_instance(cache, args.big_mb)
                 single = Series(big.path.parent, [big])
