@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -81,13 +82,24 @@ def start_legacy(tmp_path: Path) -> Iterator[Callable[..., AdapterProcess]]:
         proc.terminate()
 
 
+J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
+COMPRESS = f"--store_compress_to_transfer_syntax={J2K_LOSSLESS}"
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["redact", "redact+compress"])
 def test_java_redact_flags_store_java_uids_and_emptied_attributes(
-    orthanc: OrthancPeer, start_legacy: Callable[..., AdapterProcess], tmp_path: Path
+    orthanc: OrthancPeer,
+    start_legacy: Callable[..., AdapterProcess],
+    tmp_path: Path,
+    compress: bool,
 ) -> None:
+    """Issue #10's test: with --store_compress_to_transfer_syntax too, Orthanc holds JPEG 2000
+    lossless instances under the Java-style UIDs, decoded pixels equal to the source's."""
     [ct] = make_ct_series(tmp_path / "ct", 1, rows=64, cols=64)
     mr = make_mr_instance(tmp_path / "mr")  # Implicit VR Little Endian
     us = colour_us_jpeg(tmp_path / "us")
-    adapter = start_legacy(f"--dicomweb_address={orthanc.dicomweb_url}", *LEGACY_FLAGS)
+    flags = [*LEGACY_FLAGS, COMPRESS] if compress else LEGACY_FLAGS
+    adapter = start_legacy(f"--dicomweb_address={orthanc.dicomweb_url}", *flags)
     result = dcmtk.dcmsend(adapter.port, [ct, mr, us], called_aet=AET).check()
     assert dcmtk.count_store_successes(result) == 3  # answered after the upload (Java)
     for sent in (ct, mr, us):
@@ -104,7 +116,10 @@ def test_java_redact_flags_store_java_uids_and_emptied_attributes(
             assert keyword in stored and stored[keyword].value in ("", None), keyword
         assert stored.PatientName == original.PatientName  # not on the list: untouched
         assert stored.PatientID == original.PatientID
-        if stored.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID:
+        if compress:  # de-identified, then transcoded (the Java order)
+            assert stored.file_meta.TransferSyntaxUID == J2K_LOSSLESS, sent.name
+            assert np.array_equal(stored.pixel_array, original.pixel_array), sent.name
+        elif stored.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID:
             assert stored.PixelData == original.PixelData, sent.name
         dcmdump_reads(data, tmp_path / f"stored-{sent.name}")
 
