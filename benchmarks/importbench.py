@@ -19,6 +19,7 @@ from benchmarks.procs import (
     LOOPBACK,
     AdapterProcess,
     OrthancPeer,
+    ProxyProcess,
     RssSampler,
     StoreScp,
     cpu_seconds,
@@ -147,23 +148,31 @@ class ImportBench:
 
     # ---------------------------------------------------------------- (b)
     def stow_direct(self, series: Series, variant: str, concurrency: int,
-                    key: str | None = None) -> Measurement:
+                    key: str | None = None, rtt: float | None = None,
+                    batch: int = BATCH) -> Measurement:
+        """``rtt``: through a DelayProxy adding that round trip to every request."""
         n = len(series.instances)
         key = key or f"b-{variant}-c{concurrency}"
-        label = (f"STOW-RS -> Orthanc, {variant}, batch {min(BATCH, n)}, "
-                 f"concurrency {concurrency}")
+        label = (f"STOW-RS -> {'+' + format(rtt * 1000, '.0f') + ' ms proxy -> ' if rtt else ''}"
+                 f"Orthanc, {variant}, batch {min(batch, n)}, concurrency {concurrency}")
         why_not = stow_client_available() if variant == "StowClient" else None
         if why_not:
             return Measurement(key, label, n, series.total_bytes, error=why_not)
         post = STOW_VARIANTS[variant]
 
         def once(i: int) -> Timed:
-            peer = fresh_orthanc(self._tmp(f"orthanc-{key}-{i}"))
+            tmp = self._tmp(f"orthanc-{key}-{i}")
+            peer = fresh_orthanc(tmp)
+            proxy: ProxyProcess | None = None
             try:
+                url = peer.dicomweb_url
+                if rtt is not None:
+                    proxy = ProxyProcess(url, rtt, tmp / "proxy.log").start()
+                    url = proxy.url
                 assert peer.pid is not None
                 cpu0, own0 = cpu_seconds(peer.pid), own_cpu_seconds()
                 t0 = time.monotonic()
-                stored = post(peer.dicomweb_url, series.instances, BATCH, concurrency)
+                stored = post(url, series.instances, batch, concurrency)
                 elapsed = time.monotonic() - t0
                 cpu = {"orthanc_cpu_s": cpu_seconds(peer.pid) - cpu0,
                        "client_cpu_s": own_cpu_seconds() - own0}
@@ -173,6 +182,8 @@ class ImportBench:
                                        f"expected {n}")
                 return Timed(elapsed, cpu)
             finally:
+                if proxy is not None:
+                    proxy.stop()
                 peer.cleanup()
 
         return measure(key, label, n, series.total_bytes, self.runs, once)
@@ -212,7 +223,8 @@ class ImportBench:
 
     # ---------------------------------------------------------------- (c), (d)
     def _adapter(self, workdir: Path, peer: OrthancPeer, workers: int,
-                 processes: int = 1, second: OrthancPeer | None = None) -> AdapterProcess:
+                 processes: int = 1, second: OrthancPeer | None = None,
+                 ack: str = "after-spool", url: str | None = None) -> AdapterProcess:
         """The importer as the brief's site YAML describes it, on free ports; ``processes`` >
         1: that many receiving processes (importer.dimse.processes); ``second``: fan every
         instance out to that store too (a second DICOMweb destination with its own outbox)."""
@@ -224,11 +236,11 @@ class ImportBench:
             "site": "bench",
             "log": {"format": "json", "level": "WARNING"},
             "health": {"enabled": True, "bind": LOOPBACK, "port": free_port()},
-            "dicomweb": {"url": peer.dicomweb_url, "auth": {"kind": "none"}},
+            "dicomweb": {"url": url or peer.dicomweb_url, "auth": {"kind": "none"}},
             "state_dir": str(workdir / "state"),
             "importer": {
                 "dimse": dimse,
-                "ack": "after-spool",
+                "ack": ack,
                 "spool": {"path": str(workdir / "spool")},
                 "upload": {"workers": workers, "batch_max_instances": BATCH},
             },
@@ -243,10 +255,21 @@ class ImportBench:
                               name=f"adapter-{workdir.name}").start()
 
     def through_adapter(self, series: Series, associations: int, workers: int = 4,
-                        processes: int = 1, fan_out: bool = False) -> Measurement:
+                        processes: int = 1, fan_out: bool = False, ack: str = "after-spool",
+                        rtt: float | None = None, key: str | None = None,
+                        unreachable: bool = False) -> Measurement:
+        """``rtt``: the store behind a DelayProxy adding that round trip; ``unreachable``:
+        the store's URL answers nothing (receive only: timed until storescu has every ack)."""
         n = len(series.instances)
-        key = f"c-a{associations}" + (f"-p{processes}" if processes > 1 else "")
+        default_key = f"c-a{associations}" + (f"-p{processes}" if processes > 1 else "")
+        key = key or default_key
         label = f"storescu x{associations} -> dicom-adapter -> Orthanc, until QIDO finds all"
+        if ack != "after-spool" or rtt is not None:
+            label = (f"storescu x{associations} -> dicom-adapter ({ack}) -> "
+                     f"{'+' + format(rtt * 1000, '.0f') + ' ms proxy -> ' if rtt else ''}"
+                     "Orthanc, until QIDO finds all")
+        if unreachable:
+            label = f"storescu x{associations} -> dicom-adapter, store unreachable: receive only"
         if processes > 1:
             label += f" ({processes} receiving processes)"
         if fan_out:
@@ -265,8 +288,13 @@ class ImportBench:
             second = fresh_orthanc(tmp / "orthanc2") if fan_out else None
             adapter: AdapterProcess | None = None
             spy: PySpy | None = None
+            proxy: ProxyProcess | None = None
             try:
-                adapter = self._adapter(tmp, peer, workers, processes, second)
+                url = f"http://{LOOPBACK}:{free_port()}/dicom-web" if unreachable else None
+                if rtt is not None:
+                    proxy = ProxyProcess(peer.dicomweb_url, rtt, tmp / "proxy.log").start()
+                    url = proxy.url
+                adapter = self._adapter(tmp, peer, workers, processes, second, ack, url)
                 say(f"{key}: sending {n} instances over {associations} association(s)")
                 if self.profile_dir is not None and i == 0:
                     spy = PySpy(adapter.pid, self.profile_dir / f"profile-{key}.txt").start()
@@ -279,11 +307,17 @@ class ImportBench:
                 if ok != n:
                     raise RuntimeError(f"storescu: {ok} of {n} acknowledged; adapter log: "
                                        f"{adapter.log_tail()}")
+                cpu_acked = cpu_seconds(adapter.pid) - cpu0[0]
+                if unreachable:
+                    return Timed(acked - t0, {"ack_seconds": acked - t0,
+                                              "adapter_cpu_s": cpu_acked,
+                                              "adapter_cpu_acked_s": cpu_acked})
                 done = wait_queryable(peer, series, timeout=120 + n)
                 if second is not None:
                     done = max(done, wait_queryable(second, series, timeout=120 + n))
                 extra: dict[str, Any] = {
                     "ack_seconds": acked - t0,
+                    "adapter_cpu_acked_s": cpu_acked,
                     "adapter_cpu_s": cpu_seconds(adapter.pid) - cpu0[0],
                     "orthanc_cpu_s": cpu_seconds(peer.pid) - cpu0[1],
                 }
@@ -297,6 +331,8 @@ class ImportBench:
                     spy.stop()
                 if adapter is not None:
                     adapter.stop()
+                if proxy is not None:
+                    proxy.stop()
                 peer.cleanup()
                 if second is not None:
                     second.cleanup()
