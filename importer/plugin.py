@@ -125,6 +125,17 @@ def spool_backup(config: ImporterConfig) -> GcsSpoolBackup | None:
     return GcsSpoolBackup.create(cfg.bucket, cfg.prefix, cfg.project, timeout=cfg.timeout)
 
 
+def upload_workers(config: ImporterConfig, pool_size: int) -> int:
+    """STOW-RS workers of the store. With ``ack: after-upload`` every waiting association
+    needs its request in flight at once (one round trip for all of them, not one each behind
+    a busy worker): at least one per pooled connection (``dicomweb.pool_size``, 16); lower
+    the pool size to cap the requests. Batches still form while all of them are busy."""
+    workers = config.upload.workers
+    if config.ack == "after-upload":
+        workers = max(workers, pool_size)
+    return workers
+
+
 def restore_backup(config: ImporterConfig) -> GcsSpoolBackup | None:
     """Before the spool opens: bring back what the bucket holds and no outbox does (a pod
     that lost its disk gets everything back; one that kept it gets no second copy)."""
@@ -164,7 +175,7 @@ class ImporterPlugin:
                 verify=web.verify,
                 on_conflict=up.on_conflict,
                 delivery=DeliveryConfig(
-                    workers=up.workers,
+                    workers=upload_workers(config, web.pool_size),
                     batch_max_instances=up.batch_max_instances,
                     batch_max_bytes=up.batch_max_bytes,
                     # every after-upload sender waits: lingering only adds latency (batches
