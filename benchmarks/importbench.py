@@ -4,6 +4,7 @@ dicom-adapter -> Orthanc until queryable, (d) the adapter's peak RSS with one bi
 from __future__ import annotations
 
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -259,7 +260,8 @@ class ImportBench:
                         rtt: float | None = None, key: str | None = None,
                         unreachable: bool = False) -> Measurement:
         """``rtt``: the store behind a DelayProxy adding that round trip; ``unreachable``:
-        the store's URL answers nothing (receive only: timed until storescu has every ack)."""
+        the store accepts connections and never reads (receive, make durable and route only:
+        timed until storescu has every acknowledgement)."""
         n = len(series.instances)
         default_key = f"c-a{associations}" + (f"-p{processes}" if processes > 1 else "")
         key = key or default_key
@@ -269,7 +271,8 @@ class ImportBench:
                      f"{'+' + format(rtt * 1000, '.0f') + ' ms proxy -> ' if rtt else ''}"
                      "Orthanc, until QIDO finds all")
         if unreachable:
-            label = f"storescu x{associations} -> dicom-adapter, store unreachable: receive only"
+            label = (f"storescu x{associations} -> dicom-adapter, store never answers: "
+                     "receive only, until all acked")
         if processes > 1:
             label += f" ({processes} receiving processes)"
         if fan_out:
@@ -289,8 +292,12 @@ class ImportBench:
             adapter: AdapterProcess | None = None
             spy: PySpy | None = None
             proxy: ProxyProcess | None = None
+            hole: socket.socket | None = None
             try:
-                url = f"http://{LOOPBACK}:{free_port()}/dicom-web" if unreachable else None
+                url = None
+                if unreachable:  # accepts connections, never reads: uploads hang, cost nothing
+                    hole = socket.create_server((LOOPBACK, 0), backlog=64)
+                    url = f"http://{LOOPBACK}:{hole.getsockname()[1]}/dicom-web"
                 if rtt is not None:
                     proxy = ProxyProcess(peer.dicomweb_url, rtt, tmp / "proxy.log").start()
                     url = proxy.url
@@ -333,6 +340,8 @@ class ImportBench:
                     adapter.stop()
                 if proxy is not None:
                     proxy.stop()
+                if hole is not None:
+                    hole.close()
                 peer.cleanup()
                 if second is not None:
                     second.cleanup()

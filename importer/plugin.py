@@ -35,6 +35,7 @@ from adapter.provenance import ProvenanceLog
 from adapter.service import Service
 from adapter.spool import Spool, SpoolBudget, adopt_into_spool
 from adapter.spool_backup import GcsSpoolBackup, entry_ids_in
+from adapter.spool_pool import FilePool
 from importer.commitment import StorageCommitmentScp
 from importer.config import STORE_DESTINATION, ImporterConfig
 from importer.find_scp import FindScp
@@ -200,8 +201,9 @@ class ImporterPlugin:
         core = context.core
         assert core.dicomweb is not None  # check() made sure
         backup = restore_backup(config)
+        pool = None if config.dimse.processes > 1 else FilePool(config.spool.path / "free")
         budget = SpoolBudget(
-            int(config.spool.max_bytes), on_released=backup.release if backup else None
+            int(config.spool.max_bytes), on_released=backup.release if backup else None, pool=pool
         )
         dead_letters = self.dead_letters(core, config)
         spool = Spool(
