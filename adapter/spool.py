@@ -278,7 +278,10 @@ class Spool:
         self._held_uids[entry.meta.sop_instance_uid] += 1
         self._pending[entry.id] = entry
         self.budget.hold(entry.id, entry.size)
-        self._cond.notify_all()
+        if self._lingering:
+            self._cond.notify_all()  # the lingering claimer counts its batch-mates
+        else:  # one claimer takes it; waking every idle worker (16 after-upload) costs CPU
+            self._cond.notify()
 
     # ------------------------------------------------------------------ claiming
     def claim_batch(
