@@ -72,15 +72,21 @@ def wait_queryable(peer: OrthancPeer, series: Series, timeout: float) -> float:
     QIDO query itself, 50-100 ms for 300 instances, is not the adapter's time)."""
     expected = len(series.instances)
     counted: list[float] = []
+    seen = {"count": 0, "qido": 0}
 
     def done() -> float:  # 0.0 = not yet
-        if peer.instance_count() < expected:
+        seen["count"] = peer.instance_count()
+        if seen["count"] < expected:
             return 0.0
         counted.append(time.monotonic())
-        found = qido_instances(peer.dicomweb_url, series.study_uid, series.series_uid)
-        return counted[0] if found >= expected else 0.0
+        seen["qido"] = qido_instances(peer.dicomweb_url, series.study_uid, series.series_uid)
+        return counted[0] if seen["qido"] >= expected else 0.0
 
-    return poll(done, timeout, f"{expected} instances queryable in Orthanc", interval=0.01)
+    try:
+        return poll(done, timeout, f"{expected} instances queryable in Orthanc", interval=0.01)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc} (Orthanc counted {seen['count']}, QIDO found "
+                           f"{seen['qido']})") from None
 
 
 def _groups(paths: list[Path], n: int) -> list[list[Path]]:
