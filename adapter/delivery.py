@@ -210,12 +210,12 @@ class DeliveryService:
                 self._reject(entry, outcome)
         if done:
             self._up()
+            for entry in done:  # answered first: a copy left by a crash is only sent again
+                if entry.waiter is not None:
+                    entry.waiter.delivered(self.destination.name)
             self.outbox.complete(*done)
             if self.plugin == "importer":
                 metrics.INSTANCES_UPLOADED_TOTAL.inc(len(done))
-            for entry in done:
-                if entry.waiter is not None:
-                    entry.waiter.delivered(self.destination.name)
 
     def _batch_failed(
         self, batch: Sequence[SpoolEntry], exc: TransientError | PermanentError

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import heapq
+import io
 import logging
 import os
 import threading
@@ -277,7 +278,10 @@ class Spool:
         self._held_uids[entry.meta.sop_instance_uid] += 1
         self._pending[entry.id] = entry
         self.budget.hold(entry.id, entry.size)
-        self._cond.notify_all()
+        if self._lingering:
+            self._cond.notify_all()  # the lingering claimer counts its batch-mates
+        else:  # one claimer takes it; waking every idle worker (16 after-upload) costs CPU
+            self._cond.notify()
 
     # ------------------------------------------------------------------ claiming
     def claim_batch(
@@ -380,13 +384,29 @@ class Spool:
             self._cond.notify_all()
 
     def complete(self, *entries: SpoolEntry) -> None:
-        """Delivered: unlink the files, then one directory fsync for all of them."""
+        """Delivered: unlink the files (a file's last link goes into the budget's pool for
+        reuse instead), then one directory fsync for all of them; pooled files are reused
+        only after it."""
+        pool = self.budget.pool
+        retired: list[tuple[Path, int]] = []
         for entry in entries:
-            with contextlib.suppress(FileNotFoundError):
-                entry.path.unlink()
+            moved = pool.retire(entry.path) if pool is not None else None
+            if moved is not None:
+                retired.append(moved)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    entry.path.unlink()
             self._forget(entry)
         if entries:
             self._ready_sync.sync()
+        if pool is not None and retired:
+            pool.publish(retired)
+
+    def open_receive_file(self, path: Path) -> io.FileIO:
+        """A new file at ``path`` (in ``incoming/``) to receive an instance into: a delivered
+        one written over when the pool has one (cut to length on close)."""
+        pool = self.budget.pool
+        return pool.open_for_writing(path) if pool is not None else io.FileIO(path, "w")
 
     def discard(self, entry: SpoolEntry) -> None:
         """Drop an entry that is not (or no longer) claimed, e.g. an after-upload instance

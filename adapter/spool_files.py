@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from adapter.pipeline.waiter import DeliveryWaiter
+    from adapter.spool_pool import FilePool
 
 from pydicom import dcmread
 
@@ -89,12 +90,19 @@ class SpoolBudget:
     """The byte budget shared by a spool and its outboxes. An instance hard-linked into
     several outboxes is one file: it is counted once, until its last link goes."""
 
-    def __init__(self, max_bytes: int, on_released: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        max_bytes: int,
+        on_released: Callable[[str], None] | None = None,
+        pool: FilePool | None = None,
+    ) -> None:
         """``on_released(entry_id)``: called once an entry's last link was dropped (every
         destination delivered or dead-lettered it); it must not block (a spool's lock may
-        be held)."""
+        be held). ``pool``: delivered files kept for the next receive (shared like the
+        budget by the spool and its outboxes, see :mod:`adapter.spool_pool`)."""
         self.max_bytes = int(max_bytes)
         self.on_released = on_released
+        self.pool = pool
         self._lock = threading.Lock()
         self._held: dict[str, list[int]] = {}  # entry id -> [links, size]
         self._reserved = 0

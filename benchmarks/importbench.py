@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -20,6 +21,7 @@ from benchmarks.procs import (
     LOOPBACK,
     AdapterProcess,
     OrthancPeer,
+    ProxyProcess,
     RssSampler,
     StoreScp,
     cpu_seconds,
@@ -74,20 +76,30 @@ def java_uid(uid: str) -> str:
 
 def wait_queryable(peer: OrthancPeer, series: Series, timeout: float,
                    deid: bool = False) -> float:
-    """Poll (cheap /statistics first, then QIDO) until QIDO finds every instance; returns the
-    monotonic time when it did (``deid``: under their de-identified UIDs)."""
+    """Poll Orthanc's /statistics every 10 ms until it counts every instance, then check that
+    QIDO finds them all; returns the monotonic time at which the count was first complete (the
+    QIDO query itself, 50-100 ms for 300 instances, is not the adapter's time; ``deid``: look
+    them up under their de-identified UIDs)."""
     expected = len(series.instances)
     study, series_uid = series.study_uid, series.series_uid
     if deid:
         study, series_uid = java_uid(study), java_uid(series_uid)
+    counted: list[float] = []
+    seen = {"count": 0, "qido": 0}
 
     def done() -> float:  # 0.0 = not yet
-        if peer.instance_count() < expected:
+        seen["count"] = peer.instance_count()
+        if seen["count"] < expected:
             return 0.0
-        found = qido_instances(peer.dicomweb_url, study, series_uid)
-        return time.monotonic() if found >= expected else 0.0
+        counted.append(time.monotonic())
+        seen["qido"] = qido_instances(peer.dicomweb_url, study, series_uid)
+        return counted[0] if seen["qido"] >= expected else 0.0
 
-    return poll(done, timeout, f"{expected} instances queryable in Orthanc", interval=0.05)
+    try:
+        return poll(done, timeout, f"{expected} instances queryable in Orthanc", interval=0.01)
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc} (Orthanc counted {seen['count']}, QIDO found "
+                           f"{seen['qido']})") from None
 
 
 def _groups(paths: list[Path], n: int) -> list[list[Path]]:
@@ -159,23 +171,31 @@ class ImportBench:
 
     # ---------------------------------------------------------------- (b)
     def stow_direct(self, series: Series, variant: str, concurrency: int,
-                    key: str | None = None) -> Measurement:
+                    key: str | None = None, rtt: float | None = None,
+                    batch: int = BATCH) -> Measurement:
+        """``rtt``: through a DelayProxy adding that round trip to every request."""
         n = len(series.instances)
         key = key or f"b-{variant}-c{concurrency}"
-        label = (f"STOW-RS -> Orthanc, {variant}, batch {min(BATCH, n)}, "
-                 f"concurrency {concurrency}")
+        label = (f"STOW-RS -> {'+' + format(rtt * 1000, '.0f') + ' ms proxy -> ' if rtt else ''}"
+                 f"Orthanc, {variant}, batch {min(batch, n)}, concurrency {concurrency}")
         why_not = stow_client_available() if variant == "StowClient" else None
         if why_not:
             return Measurement(key, label, n, series.total_bytes, error=why_not)
         post = STOW_VARIANTS[variant]
 
         def once(i: int) -> Timed:
-            peer = fresh_orthanc(self._tmp(f"orthanc-{key}-{i}"))
+            tmp = self._tmp(f"orthanc-{key}-{i}")
+            peer = fresh_orthanc(tmp)
+            proxy: ProxyProcess | None = None
             try:
+                url = peer.dicomweb_url
+                if rtt is not None:
+                    proxy = ProxyProcess(url, rtt, tmp / "proxy.log").start()
+                    url = proxy.url
                 assert peer.pid is not None
                 cpu0, own0 = cpu_seconds(peer.pid), own_cpu_seconds()
                 t0 = time.monotonic()
-                stored = post(peer.dicomweb_url, series.instances, BATCH, concurrency)
+                stored = post(url, series.instances, batch, concurrency)
                 elapsed = time.monotonic() - t0
                 cpu = {"orthanc_cpu_s": cpu_seconds(peer.pid) - cpu0,
                        "client_cpu_s": own_cpu_seconds() - own0}
@@ -185,6 +205,8 @@ class ImportBench:
                                        f"expected {n}")
                 return Timed(elapsed, cpu)
             finally:
+                if proxy is not None:
+                    proxy.stop()
                 peer.cleanup()
 
         return measure(key, label, n, series.total_bytes, self.runs, once)
@@ -225,6 +247,7 @@ class ImportBench:
     # ---------------------------------------------------------------- (c), (d)
     def _adapter(self, workdir: Path, peer: OrthancPeer, workers: int,
                  processes: int = 1, second: OrthancPeer | None = None,
+                 ack: str = "after-spool", url: str | None = None,
                  deid: bool = False) -> AdapterProcess:
         """The importer as the brief's site YAML describes it, on free ports; ``processes`` >
         1: that many receiving processes (importer.dimse.processes); ``second``: fan every
@@ -238,11 +261,11 @@ class ImportBench:
             "site": "bench",
             "log": {"format": "json", "level": "WARNING"},
             "health": {"enabled": True, "bind": LOOPBACK, "port": free_port()},
-            "dicomweb": {"url": peer.dicomweb_url, "auth": {"kind": "none"}},
+            "dicomweb": {"url": url or peer.dicomweb_url, "auth": {"kind": "none"}},
             "state_dir": str(workdir / "state"),
             "importer": {
                 "dimse": dimse,
-                "ack": "after-spool",
+                "ack": ack,
                 "spool": {"path": str(workdir / "spool")},
                 "upload": {"workers": workers, "batch_max_instances": BATCH},
             },
@@ -260,11 +283,23 @@ class ImportBench:
                               name=f"adapter-{workdir.name}").start()
 
     def through_adapter(self, series: Series, associations: int, workers: int = 4,
-                        processes: int = 1, fan_out: bool = False,
-                        deid: bool = False) -> Measurement:
+                        processes: int = 1, fan_out: bool = False, ack: str = "after-spool",
+                        rtt: float | None = None, key: str | None = None,
+                        unreachable: bool = False, deid: bool = False) -> Measurement:
+        """``rtt``: the store behind a DelayProxy adding that round trip; ``unreachable``:
+        the store accepts connections and never reads (receive, make durable and route only:
+        timed until storescu has every acknowledgement)."""
         n = len(series.instances)
-        key = f"c-a{associations}" + (f"-p{processes}" if processes > 1 else "")
+        default_key = f"c-a{associations}" + (f"-p{processes}" if processes > 1 else "")
+        key = key or default_key
         label = f"storescu x{associations} -> dicom-adapter -> Orthanc, until QIDO finds all"
+        if ack != "after-spool" or rtt is not None:
+            label = (f"storescu x{associations} -> dicom-adapter ({ack}) -> "
+                     f"{'+' + format(rtt * 1000, '.0f') + ' ms proxy -> ' if rtt else ''}"
+                     "Orthanc, until QIDO finds all")
+        if unreachable:
+            label = (f"storescu x{associations} -> dicom-adapter, store never answers: "
+                     "receive only, until all acked")
         if processes > 1:
             label += f" ({processes} receiving processes)"
         if fan_out:
@@ -287,8 +322,18 @@ class ImportBench:
             second = fresh_orthanc(tmp / "orthanc2") if fan_out else None
             adapter: AdapterProcess | None = None
             spy: PySpy | None = None
+            proxy: ProxyProcess | None = None
+            hole: socket.socket | None = None
             try:
-                adapter = self._adapter(tmp, peer, workers, processes, second, deid)
+                url = None
+                if unreachable:  # accepts connections, never reads: uploads hang, cost nothing
+                    hole = socket.create_server((LOOPBACK, 0), backlog=64)
+                    url = f"http://{LOOPBACK}:{hole.getsockname()[1]}/dicom-web"
+                if rtt is not None:
+                    proxy = ProxyProcess(peer.dicomweb_url, rtt, tmp / "proxy.log").start()
+                    url = proxy.url
+                adapter = self._adapter(tmp, peer, workers, processes, second,
+                                             ack=ack, url=url, deid=deid)
                 say(f"{key}: sending {n} instances over {associations} association(s)")
                 if self.profile_dir is not None and i == 0:
                     spy = PySpy(adapter.pid, self.profile_dir / f"profile-{key}.txt").start()
@@ -301,11 +346,17 @@ class ImportBench:
                 if ok != n:
                     raise RuntimeError(f"storescu: {ok} of {n} acknowledged; adapter log: "
                                        f"{adapter.log_tail()}")
+                cpu_acked = cpu_seconds(adapter.pid) - cpu0[0]
+                if unreachable:
+                    return Timed(acked - t0, {"ack_seconds": acked - t0,
+                                              "adapter_cpu_s": cpu_acked,
+                                              "adapter_cpu_acked_s": cpu_acked})
                 done = wait_queryable(peer, series, timeout=120 + n, deid=deid)
                 if second is not None:
                     done = max(done, wait_queryable(second, series, timeout=120 + n))
                 extra: dict[str, Any] = {
                     "ack_seconds": acked - t0,
+                    "adapter_cpu_acked_s": cpu_acked,
                     "adapter_cpu_s": cpu_seconds(adapter.pid) - cpu0[0],
                     "orthanc_cpu_s": cpu_seconds(peer.pid) - cpu0[1],
                 }
@@ -319,6 +370,10 @@ class ImportBench:
                     spy.stop()
                 if adapter is not None:
                     adapter.stop()
+                if proxy is not None:
+                    proxy.stop()
+                if hole is not None:
+                    hole.close()
                 peer.cleanup()
                 if second is not None:
                     second.cleanup()

@@ -35,6 +35,7 @@ __all__ = [
     "LOOPBACK",
     "AdapterProcess",
     "OrthancPeer",
+    "ProxyProcess",
     "RssSampler",
     "StoreScp",
     "cpu_seconds",
@@ -181,6 +182,41 @@ def fresh_orthanc(workdir: Path) -> OrthancPeer:
         startup_timeout=60,
     )
     return peer.start()
+
+
+# ------------------------------------------------------------------------------------ proxy
+class ProxyProcess:
+    """``benchmarks/delay_proxy.py`` as its own process (its CPU is not the benchmark's nor
+    the adapter's): ``upstream`` with ``rtt`` seconds added to every HTTP round trip."""
+
+    def __init__(self, upstream: str, rtt: float, log: Path) -> None:
+        self.upstream, self.rtt, self.log = upstream, rtt, log
+        self.port = 0
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        from urllib.parse import urlsplit
+
+        return f"http://{LOOPBACK}:{self.port}{urlsplit(self.upstream).path}"
+
+    def start(self) -> ProxyProcess:
+        for _attempt in range(3):
+            self.port = free_port()
+            self.proc = spawn([sys.executable, "-m", "benchmarks.delay_proxy", self.upstream,
+                               "--port", str(self.port), "--rtt-ms", str(self.rtt * 1000)],
+                              self.log, cwd=REPO)
+            with contextlib.suppress(TimeoutError):
+                wait_until(lambda: is_listening(self.port) or describe_exit(self.proc),
+                           timeout=15, interval=0.05, what=f"delay proxy on {self.port}")
+                if self.proc.poll() is None:
+                    return self
+            stop_process(self.proc, timeout=2)
+        raise RuntimeError(f"delay proxy did not start: {tail(self.log)}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, timeout=5)
 
 
 # ------------------------------------------------------------------------------------ RSS

@@ -31,6 +31,7 @@ if (_VENV_PYTHON.exists() and Path(sys.prefix).resolve() != _VENV_PYTHON.parent.
 if str(HERE.parent) not in sys.path:
     sys.path.insert(0, str(HERE.parent))
 
+from benchmarks.cloudbench import cloud_rows, cloud_verdicts  # noqa: E402
 from benchmarks.data import Series, big_instance, ct_series  # noqa: E402
 from benchmarks.exportbench import ExportBench  # noqa: E402
 from benchmarks.importbench import ImportBench  # noqa: E402
@@ -116,6 +117,12 @@ def cpu_lines(rows: list[Measurement]) -> list[str]:
             cpu = m.extra_median(f"{name}_cpu_s")
             if cpu is not None:
                 parts.append(f"{name} {cpu / m.median:.2f}")
+        adapter = m.extra_median("adapter_cpu_s")
+        acked = m.extra_median("adapter_cpu_acked_s")
+        if adapter is not None and m.instances:
+            parts.append(f"adapter {adapter * 1000 / m.instances:.2f} ms CPU/instance"
+                         + (f" ({acked * 1000 / m.instances:.2f} until all acked)"
+                            if acked is not None else ""))
         if parts:
             out.append(f"{m.key:<16} cores busy: {', '.join(parts)}")
     return out
@@ -184,7 +191,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, help="runs per row; the table shows medians (default 3)")
     p.add_argument("--quick", action="store_true",
                    help="small sizes for development: 50 instances, 50 MiB, 1 run")
-    p.add_argument("--only", choices=["import", "export"], help="only one direction")
+    p.add_argument("--only", choices=["import", "export", "cloud"],
+                   help="only one direction, or only the cloud-like rows (delay proxy)")
+    p.add_argument("--rtt-ms", type=float, default=50.0,
+                   help="round trip the delay proxy adds to each STOW-RS (cloud rows; 0 skips)")
     p.add_argument("--profile", action="store_true",
                    help="attach py-spy to the adapter during the first run of c-a8 and e-adapter")
     p.add_argument("--profile-idle", action="store_true",
@@ -232,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(bench.bare_pynetdicom(series, 8))
             rows.append(bench.through_adapter(series, 1))
             rows.append(bench.through_adapter(series, 8))
+            rows.append(bench.through_adapter(series, 8, key="r-a8", unreachable=True))
             rows.append(bench.through_adapter(series, 8, processes=2))
             rows.append(bench.through_adapter(series, 8, fan_out=True))
             rows.append(bench.stow_two_stores(series))
@@ -242,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(bench.dcmtk_to_dcmtk(single, key="a-big"))
                 rows.append(bench.stow_direct(single, "StowClient", 1, key="b-big"))
                 rows.append(bench.big_instance_rss(big))
+        if args.only in (None, "cloud") and args.rtt_ms > 0:
+            bench = ImportBench(workdir / "cloud", args.runs)
+            rows += cloud_rows(bench, series, args.rtt_ms / 1000)
         if args.only in (None, "export"):
             export = ExportBench(workdir / "export", args.runs, pacs_fork=not args.pacs_serial,
                                  profile_dir=OUT if args.profile else None)
@@ -255,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     by_key = {m.key: m for m in rows}
-    summary = verdicts(by_key)
+    summary = verdicts(by_key) + cloud_verdicts(by_key)
     info["loadavg_at_end"] = os.getloadavg()
     print()
     print(f"dicom-adapter benchmarks, {started:%Y-%m-%d %H:%M %Z}; {info['nproc']} CPUs "
@@ -276,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "started": started.isoformat(), "machine": info,
         "parameters": {"instances": args.instances, "big_mb": args.big_mb, "runs": args.runs,
-                       "only": args.only, "stow_batch": 20},
+                       "only": args.only, "stow_batch": 20, "rtt_ms": args.rtt_ms},
         "rows": [m.as_json() for m in rows], "summary": summary + cpu_lines(rows),
     }
     path = OUT / f"results-{started:%Y%m%d-%H%M%S}.json"

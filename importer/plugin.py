@@ -35,6 +35,7 @@ from adapter.provenance import ProvenanceLog
 from adapter.service import Service
 from adapter.spool import Spool, SpoolBudget, adopt_into_spool
 from adapter.spool_backup import GcsSpoolBackup, entry_ids_in
+from adapter.spool_pool import FilePool
 from importer.commitment import StorageCommitmentScp
 from importer.config import STORE_DESTINATION, ImporterConfig
 from importer.find_scp import FindScp
@@ -125,6 +126,17 @@ def spool_backup(config: ImporterConfig) -> GcsSpoolBackup | None:
     return GcsSpoolBackup.create(cfg.bucket, cfg.prefix, cfg.project, timeout=cfg.timeout)
 
 
+def upload_workers(config: ImporterConfig, pool_size: int) -> int:
+    """STOW-RS workers of the store. With ``ack: after-upload`` every waiting association
+    needs its request in flight at once (one round trip for all of them, not one each behind
+    a busy worker): at least one per pooled connection (``dicomweb.pool_size``, 16); lower
+    the pool size to cap the requests. Batches still form while all of them are busy."""
+    workers = config.upload.workers
+    if config.ack == "after-upload":
+        workers = max(workers, pool_size)
+    return workers
+
+
 def restore_backup(config: ImporterConfig) -> GcsSpoolBackup | None:
     """Before the spool opens: bring back what the bucket holds and no outbox does (a pod
     that lost its disk gets everything back; one that kept it gets no second copy)."""
@@ -159,7 +171,7 @@ class ImporterPlugin:
                 **{k: getattr(web, k) for k in type(web).model_fields},
                 on_conflict=up.on_conflict,
                 delivery=DeliveryConfig(
-                    workers=up.workers,
+                    workers=upload_workers(config, web.pool_size),
                     batch_max_instances=up.batch_max_instances,
                     batch_max_bytes=up.batch_max_bytes,
                     # every after-upload sender waits: lingering only adds latency (batches
@@ -184,8 +196,9 @@ class ImporterPlugin:
         core = context.core
         assert core.dicomweb is not None  # check() made sure
         backup = restore_backup(config)
+        pool = None if config.dimse.processes > 1 else FilePool(config.spool.path / "free")
         budget = SpoolBudget(
-            int(config.spool.max_bytes), on_released=backup.release if backup else None
+            int(config.spool.max_bytes), on_released=backup.release if backup else None, pool=pool
         )
         dead_letters = self.dead_letters(core, config)
         spool = Spool(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import IO, Any, Literal, Protocol
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
@@ -85,6 +85,11 @@ class StoreScp:
         self.provenance = provenance
         self.ack = ack
         self.upload_timeout = upload_timeout
+
+    def open_receive_file(self, path: Path) -> IO[bytes]:
+        """Where the native acceptor writes a data set: a file the spool may recycle."""
+        opener = getattr(self.spool, "open_receive_file", None)
+        return opener(path) if opener is not None else open(path, "wb", buffering=0)
 
     def handlers(self) -> list[tuple[evt.EventType, Handler]]:
         """What to bind on the DimseServer."""

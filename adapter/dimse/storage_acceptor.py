@@ -393,7 +393,10 @@ class StorageAssociation:
 
     def _open_sink(self, request: StoreRequest) -> None:
         path = self.settings.receive_dir / f"native-{uuid.uuid4().hex}.part"
-        sink = open(path, "wb", buffering=0)  # noqa: SIM115 - closed in _finish/_drop_sink
+        opener = getattr(self.handler, "open_receive_file", None)  # e.g. a recycled file
+        sink = (  # closed in _finish/_drop_sink
+            opener(path) if opener is not None else open(path, "wb", buffering=0)  # noqa: SIM115
+        )
         self._sink, self._sink_path = sink, path
         self._write_all(
             memoryview(
