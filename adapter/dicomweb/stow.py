@@ -187,9 +187,14 @@ class StowClient:
         if unknown:
             log.warning("%s: answer names instances not in the request: %s", what, sorted(unknown))
 
+        # A 200 whose answer names the stored instances but not this one is not taken on trust
+        # (sending it again is harmless; believing it could lose it); a bare 200 is (PS3.18).
+        listed = dataset is not None and bool(stored or failed)
         outcomes: dict[str, InstanceOutcome] = {}
         for uid in (item.sop_instance_uid for item in items):
-            outcomes[uid] = self._outcome(uid, status, stored, failed, note)
+            outcomes[uid] = self._outcome(
+                uid, 202 if listed and status == 200 else status, stored, failed, note
+            )
         return outcomes
 
     @staticmethod
@@ -212,7 +217,7 @@ class StowClient:
             return InstanceOutcome(uid, stored=True)
         if status == 202:
             return InstanceOutcome(
-                uid, stored=False, warning="not acknowledged in the store's 202 answer"
+                uid, stored=False, warning="not acknowledged in the store's answer"
             )
         if status == 409:
             return InstanceOutcome(

@@ -142,10 +142,21 @@ def test_200_marks_all_stored_with_retrieve_urls(
     assert outcomes[UIDS[0]].retrieve_url == f"http://x/studies/{STUDY}/instances/{UIDS[0]}"
 
 
-def test_instance_missing_from_a_200_is_treated_as_stored(
+def test_instance_missing_from_a_200_that_lists_others_is_not_taken_as_stored(
     stub: HttpStub, client: StowClient, items: list[StowItem]
 ) -> None:
+    """Sending it again is harmless; believing the store has it could lose it."""
     stub.enqueue(StubResponse.json(200, _response(stored=UIDS[:1])))
+    outcomes = client.store_instances(items)
+    assert outcomes[UIDS[0]].stored
+    assert not any(outcomes[u].stored for u in UIDS[1:])
+    assert all(outcomes[u].failure_reason is None for u in UIDS[1:])  # retried, not rejected
+
+
+def test_a_bare_200_means_every_instance_was_stored(
+    stub: HttpStub, client: StowClient, items: list[StowItem]
+) -> None:
+    stub.enqueue(StubResponse(200, {}, b""))
     outcomes = client.store_instances(items)
     assert all(o.stored for o in outcomes.values())
 
