@@ -7,6 +7,7 @@ clear message when a pynetdicom release moves it; pyproject.toml pins the minor 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import tempfile
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import pynetdicom.dimse
 import pynetdicom.dimse_messages
 import pynetdicom.dsutils
 import pynetdicom.events
@@ -27,6 +29,8 @@ from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from adapter.dimse.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+_LOG = logging.getLogger(__name__)
 
 __all__ = ["RECEIVE_DIRS", "hand_off"]
 
@@ -99,6 +103,31 @@ def _packed_encode_msg(self: Any, context_id: int, max_pdu_length: int) -> Itera
 
 
 pynetdicom.dimse_messages.DIMSEMessage.encode_msg = _packed_encode_msg  # type: ignore[method-assign]
+
+
+_receive_primitive = pynetdicom.dimse.DIMSEServiceProvider.receive_primitive
+
+
+def _guarded_receive_primitive(self: Any, primitive: Any) -> None:
+    """pynetdicom decodes a command set in its DUL thread and does not catch what a garbled one
+    raises there (an unknown Command Field: KeyError, an unaccepted context ID: KeyError, a
+    missing element: AttributeError, an undecodable value: ValueError): the thread dies without
+    an A-ABORT or EVT_CONN_CLOSE, leaving the association's chunked data-set file open in the
+    spool's incoming/. Treat it as the invalid PDU it is (Evt19: A-ABORT, PS3.8 9.2.3)."""
+    try:
+        _receive_primitive(self, primitive)
+    except Exception as exc:
+        message, self.message = self.message, None
+        partial = getattr(message, "_data_set_file", None)
+        if partial is not None:
+            with contextlib.suppress(OSError, ValueError):
+                partial.close()
+                Path(partial.name).unlink(missing_ok=True)
+        _LOG.warning("malformed DIMSE message (%s): aborting", type(exc).__name__)
+        self.dul.event_queue.put("Evt19")
+
+
+pynetdicom.dimse.DIMSEServiceProvider.receive_primitive = _guarded_receive_primitive  # type: ignore[method-assign]
 
 
 class _UntrustedValueFilter(logging.Filter):
