@@ -113,18 +113,30 @@ def _guarded_receive_primitive(self: Any, primitive: Any) -> None:
     raises there (an unknown Command Field: KeyError, an unaccepted context ID: KeyError, a
     missing element: AttributeError, an undecodable value: ValueError): the thread dies without
     an A-ABORT or EVT_CONN_CLOSE, leaving the association's chunked data-set file open in the
-    spool's incoming/. Treat it as the invalid PDU it is (Evt19: A-ABORT, PS3.8 9.2.3)."""
+    spool's incoming/. Treat it as the invalid PDU it is (Evt19: A-ABORT, PS3.8 9.2.3).
+    Likewise a command fragment before the last fragment of a data set (PS3.8 E.2): pynetdicom
+    would start the next message and drop the half-written file, still open, in incoming/."""
+    message = self.message
+    pending = message is not None and getattr(message, "_data_set_file", None) is not None
+    pdvs = getattr(primitive, "presentation_data_value_list", None) or []
+    if pending and any(value[:1] and value[0] & 0x01 for _, value in pdvs):
+        _abort_message(self, "a command fragment inside an unfinished data set")
+        return
     try:
         _receive_primitive(self, primitive)
     except Exception as exc:
-        message, self.message = self.message, None
-        partial = getattr(message, "_data_set_file", None)
-        if partial is not None:
-            with contextlib.suppress(OSError, ValueError):
-                partial.close()
-                Path(partial.name).unlink(missing_ok=True)
-        _LOG.warning("malformed DIMSE message (%s): aborting", type(exc).__name__)
-        self.dul.event_queue.put("Evt19")
+        _abort_message(self, f"malformed DIMSE message ({type(exc).__name__})")
+
+
+def _abort_message(provider: Any, reason: str) -> None:
+    message, provider.message = provider.message, None
+    partial = getattr(message, "_data_set_file", None)
+    if partial is not None:
+        with contextlib.suppress(OSError, ValueError):
+            partial.close()
+            Path(partial.name).unlink(missing_ok=True)
+    _LOG.warning("%s: aborting", reason)
+    provider.dul.event_queue.put("Evt19")
 
 
 pynetdicom.dimse.DIMSEServiceProvider.receive_primitive = _guarded_receive_primitive  # type: ignore[method-assign]

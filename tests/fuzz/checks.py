@@ -71,8 +71,13 @@ def dead_letters(adapter: AdapterProcess) -> list[Path]:
 
 
 def spool_empty(adapter: AdapterProcess) -> bool:
+    """Nothing waiting for delivery and nothing half-received left in incoming/."""
     spool = adapter.workdir / "spool"
-    return not [*(spool / "ready").glob("*.dcm"), *(spool / "outbox").glob("*/ready/*.dcm")]
+    return not [
+        *(spool / "ready").glob("*.dcm"),
+        *(spool / "outbox").glob("*/ready/*.dcm"),
+        *(spool / "incoming").glob("*.dcm"),
+    ]
 
 
 def check_logs(adapter: AdapterProcess) -> None:

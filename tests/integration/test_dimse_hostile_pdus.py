@@ -262,3 +262,21 @@ def test_a_command_pynetdicom_cannot_decode_aborts_and_leaves_no_file(
     wait_until(lambda: not list(incoming.glob("*.dcm")), 5, what="no chunked file left")
     pynetdicom_adapter.wait_for_log(r"malformed DIMSE message \(KeyError\): aborting")
     assert "uncaught" not in pynetdicom_adapter.log_text()
+
+
+def test_a_command_inside_an_unfinished_data_set_aborts_and_leaves_no_file(
+    pynetdicom_adapter: AdapterProcess, tmp_path: Path
+) -> None:
+    """Found by tests/fuzz/test_pdu_fuzz.py: pynetdicom started the next message and dropped
+    the half-written chunked file, still open, in the spool's incoming/ (PS3.8 E.2)."""
+    uid, data = stored_data_set(tmp_path)
+    echo = _command(uid, 0x0030)  # a C-ECHO-RQ's Command Field where the data set goes on
+    with associated(pynetdicom_adapter) as sock:
+        sock.sendall(store_command(uid))
+        sock.sendall(p_data(pdv(data, command=False, last=False)))
+        sock.sendall(p_data(pdv(echo, command=True, last=True)))
+        kind, abort = read_pdu(sock)
+    assert (kind, abort[2]) == (0x07, 2), abort.hex()
+    incoming = pynetdicom_adapter.workdir / "spool" / "incoming"
+    wait_until(lambda: not list(incoming.glob("*.dcm")), 5, what="no chunked file left")
+    pynetdicom_adapter.wait_for_log(r"a command fragment inside an unfinished data set: aborting")
