@@ -4,7 +4,8 @@ Every case is one C-STORE of a mutated data set (tests/fuzz/mutations.py) whose 
 must never reach a log. Afterwards: whatever was acknowledged is in Orthanc and nothing is in
 the dead letters (garbage is refused up front, never acknowledged and rejected later), Orthanc
 and the adapter are alive (C-ECHO), the adapter's threads, fds and RSS are back near their
-baseline, and every log line is one JSON object without a traceback or a leaked value.
+baseline, every log line is one JSON object without a traceback or a leaked value, and what the
+store gained was acknowledged, reads with pydicom and has valid UIDs (tests/fuzz/checks.py).
 
 ``DICOM_ADAPTER_FUZZ_COUNT`` (default 120, under a minute) and ``DICOM_ADAPTER_FUZZ_SEED``
 (default 14) make long runs: ``DICOM_ADAPTER_FUZZ_COUNT=5000 pytest tests/fuzz``.
@@ -22,7 +23,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuzz.checks import check_after, check_resources, resources, spool_empty
+from tests.fuzz.checks import (
+    check_after,
+    check_new_instances,
+    check_resources,
+    orthanc_instance_ids,
+    resources,
+    spool_empty,
+)
 from tests.fuzz.mutations import CT, MUTATIONS, Case, make_case
 from tests.peers.adapter_proc import AdapterProcess
 from tests.peers.orthanc import OrthancPeer
@@ -88,6 +96,7 @@ def test_fuzzed_data_sets_are_refused_up_front_or_stored(
     assert adapter.pid is not None
     wait_until(lambda: spool_empty(adapter), 30, what="warm-up delivered")
     baseline = resources(adapter.pid)
+    before = orthanc_instance_ids(orthanc)
     acked: set[str] = set()
     outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
     started = time.monotonic()
@@ -103,5 +112,7 @@ def test_fuzzed_data_sets_are_refused_up_front_or_stored(
     elapsed = time.monotonic() - started
     print(f"fuzz: {COUNT} cases in {elapsed:.1f}s, seed {SEED}: {sorted(outcomes.items())}")
     check_after(adapter, orthanc, acked, called_aet=AET)
+    stored = check_new_instances(orthanc, before, acked)
+    print(f"fuzz: {len(acked)} acknowledged, {stored} new instances in the store, well formed")
     check_resources(adapter, baseline)
     assert set(MUTATIONS) - {m for m, _ in outcomes} <= {"none"} or COUNT < 50
