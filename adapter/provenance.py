@@ -11,7 +11,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-import weakref
 from pathlib import Path
 
 __all__ = ["ProvenanceLog"]
@@ -24,6 +23,16 @@ CREATE TABLE IF NOT EXISTS received (
     PRIMARY KEY (sop_instance_uid, source_ae)
 )
 """
+
+
+class _Closer:
+    """Closes a connection when the thread-local slot holding it is dropped."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __del__(self) -> None:
+        self.conn.close()
 
 
 class ProvenanceLog:
@@ -65,8 +74,10 @@ class ProvenanceLog:
             )
             conn.execute("PRAGMA synchronous=NORMAL")
             self._local.conn = conn
-            # closed with its thread (one per association): not left to the cyclic GC
-            weakref.finalize(threading.current_thread(), conn.close)
+            # closed when its thread (one per association) ends and drops its thread-local
+            # data; not left to the cyclic GC (a finalizer on the Thread object waited for
+            # the Thread to be collected: an fd per finished association until then)
+            self._local.closer = _Closer(conn)
         return conn
 
     def record(self, sop_instance_uid: str, source_ae: str) -> None:

@@ -161,7 +161,11 @@ def _facts(
         raise InvalidDatasetError(
             Status.CANNOT_UNDERSTAND, "SOP Instance UID differs from AffectedSOPInstanceUID"
         )
-    if sop_class is not None and str(sop_class) != sop_class_uid:
+    if sop_class is None:  # Type 1 in the SOP Common Module (PS3.3 C.12.1)
+        raise InvalidDatasetError(
+            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "data set has no SOP Class UID"
+        )
+    if str(sop_class) != sop_class_uid:
         raise InvalidDatasetError(
             Status.DATASET_DOES_NOT_MATCH_SOP_CLASS, "SOP Class UID differs from the request"
         )

@@ -7,6 +7,7 @@ clear message when a pynetdicom release moves it; pyproject.toml pins the minor 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import tempfile
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import pynetdicom.dimse
 import pynetdicom.dimse_messages
 import pynetdicom.dsutils
 import pynetdicom.events
@@ -27,6 +29,8 @@ from pynetdicom.association import Association
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
 from adapter.dimse.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+_LOG = logging.getLogger(__name__)
 
 __all__ = ["RECEIVE_DIRS", "hand_off"]
 
@@ -99,6 +103,43 @@ def _packed_encode_msg(self: Any, context_id: int, max_pdu_length: int) -> Itera
 
 
 pynetdicom.dimse_messages.DIMSEMessage.encode_msg = _packed_encode_msg  # type: ignore[method-assign]
+
+
+_receive_primitive = pynetdicom.dimse.DIMSEServiceProvider.receive_primitive
+
+
+def _guarded_receive_primitive(self: Any, primitive: Any) -> None:
+    """pynetdicom decodes a command set in its DUL thread and does not catch what a garbled one
+    raises there (an unknown Command Field: KeyError, an unaccepted context ID: KeyError, a
+    missing element: AttributeError, an undecodable value: ValueError): the thread dies without
+    an A-ABORT or EVT_CONN_CLOSE, leaving the association's chunked data-set file open in the
+    spool's incoming/. Treat it as the invalid PDU it is (Evt19: A-ABORT, PS3.8 9.2.3).
+    Likewise a command fragment before the last fragment of a data set (PS3.8 E.2): pynetdicom
+    would start the next message and drop the half-written file, still open, in incoming/."""
+    message = self.message
+    pending = message is not None and getattr(message, "_data_set_file", None) is not None
+    pdvs = getattr(primitive, "presentation_data_value_list", None) or []
+    if pending and any(value[:1] and value[0] & 0x01 for _, value in pdvs):
+        _abort_message(self, "a command fragment inside an unfinished data set")
+        return
+    try:
+        _receive_primitive(self, primitive)
+    except Exception as exc:
+        _abort_message(self, f"malformed DIMSE message ({type(exc).__name__})")
+
+
+def _abort_message(provider: Any, reason: str) -> None:
+    message, provider.message = provider.message, None
+    partial = getattr(message, "_data_set_file", None)
+    if partial is not None:
+        with contextlib.suppress(OSError, ValueError):
+            partial.close()
+            Path(partial.name).unlink(missing_ok=True)
+    _LOG.warning("%s: aborting", reason)
+    provider.dul.event_queue.put("Evt19")
+
+
+pynetdicom.dimse.DIMSEServiceProvider.receive_primitive = _guarded_receive_primitive  # type: ignore[method-assign]
 
 
 class _UntrustedValueFilter(logging.Filter):

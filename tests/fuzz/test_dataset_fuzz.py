@@ -4,7 +4,8 @@ Every case is one C-STORE of a mutated data set (tests/fuzz/mutations.py) whose 
 must never reach a log. Afterwards: whatever was acknowledged is in Orthanc and nothing is in
 the dead letters (garbage is refused up front, never acknowledged and rejected later), Orthanc
 and the adapter are alive (C-ECHO), the adapter's threads, fds and RSS are back near their
-baseline, and every log line is one JSON object without a traceback or a leaked value.
+baseline, every log line is one JSON object without a traceback or a leaked value, and what the
+store gained was acknowledged, reads with pydicom and has valid UIDs (tests/fuzz/checks.py).
 
 ``DICOM_ADAPTER_FUZZ_COUNT`` (default 120, under a minute) and ``DICOM_ADAPTER_FUZZ_SEED``
 (default 14) make long runs: ``DICOM_ADAPTER_FUZZ_COUNT=5000 pytest tests/fuzz``.
@@ -13,19 +14,24 @@ baseline, and every log line is one JSON object without a traceback or a leaked 
 from __future__ import annotations
 
 import collections
-import json
 import os
 import random
 import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.fuzz.mutations import CT, LEAKS, MUTATIONS, Case, make_case
-from tests.peers import dcmtk
+from tests.fuzz.checks import (
+    check_after,
+    check_new_instances,
+    check_resources,
+    orthanc_instance_ids,
+    resources,
+    spool_empty,
+)
+from tests.fuzz.mutations import CT, MUTATIONS, Case, make_case
 from tests.peers.adapter_proc import AdapterProcess
 from tests.peers.orthanc import OrthancPeer
 from tests.peers.raw_scu import raw_c_store
@@ -50,18 +56,6 @@ def adapter(orthanc: OrthancPeer, tmp_path: Path) -> Iterator[AdapterProcess]:
         yield proc
 
 
-def resources(pid: int) -> tuple[int, int, int]:
-    """(threads, open fds, RSS in KiB) of a process, from /proc."""
-    status = Path(f"/proc/{pid}/status").read_text().splitlines()
-    fields = dict(line.split(":", 1) for line in status if ":" in line)
-    fds = len(os.listdir(f"/proc/{pid}/fd"))
-    return int(fields["Threads"]), fds, int(fields["VmRSS"].split()[0])
-
-
-def _fds(pid: int) -> list[str]:
-    return sorted(os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
-
-
 def send(adapter: AdapterProcess, case: Case) -> int | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -77,40 +71,6 @@ def send(adapter: AdapterProcess, case: Case) -> int | None:
     return result.status
 
 
-def dead_letters(adapter: AdapterProcess) -> list[Path]:
-    return [p for p in (adapter.workdir / "deadletter").rglob("*") if p.is_file()]
-
-
-def spool_empty(adapter: AdapterProcess) -> bool:
-    spool = adapter.workdir / "spool"
-    return not [*(spool / "ready").glob("*.dcm"), *(spool / "outbox").glob("*/ready/*.dcm")]
-
-
-def check_logs(adapter: AdapterProcess) -> None:
-    for line in adapter.log_text().splitlines():
-        if not line or line.startswith("===== starting: "):  # the test harness's own header
-            continue
-        record: Any = json.loads(line)  # one JSON object per line, nothing spliced in
-        assert isinstance(record, dict), line
-        text = json.dumps(record)
-        assert "Traceback" not in text and "exception" not in record, line
-        assert not [leak for leak in LEAKS if leak in line], line
-
-
-def check_after(adapter: AdapterProcess, orthanc: OrthancPeer, acked: set[str]) -> None:
-    wait_until(
-        lambda: acked <= orthanc.sop_instance_uids() and spool_empty(adapter),
-        60,
-        interval=0.3,
-        what=f"{len(acked)} acknowledged instances in Orthanc",
-    )
-    letters = [json.loads(p.read_text()) for p in dead_letters(adapter) if p.suffix == ".json"]
-    assert letters == [], "acknowledged, then rejected by the store"
-    assert orthanc.is_running, "the store died"
-    dcmtk.echoscu(adapter.port, called_aet=AET).check()
-    check_logs(adapter)
-
-
 def test_data_sets_built_to_leak_are_refused_and_leak_nothing(
     adapter: AdapterProcess, orthanc: OrthancPeer
 ) -> None:
@@ -123,7 +83,7 @@ def test_data_sets_built_to_leak_are_refused_and_leak_nothing(
             if status not in SUCCESS:
                 refused[name] += 1
     assert refused["hostile-uid"] == refused["repeat"] == refused["undelimited"] == 12
-    check_after(adapter, orthanc, set())
+    check_after(adapter, orthanc, set(), called_aet=AET)
 
 
 def test_fuzzed_data_sets_are_refused_up_front_or_stored(
@@ -136,6 +96,7 @@ def test_fuzzed_data_sets_are_refused_up_front_or_stored(
     assert adapter.pid is not None
     wait_until(lambda: spool_empty(adapter), 30, what="warm-up delivered")
     baseline = resources(adapter.pid)
+    before = orthanc_instance_ids(orthanc)
     acked: set[str] = set()
     outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
     started = time.monotonic()
@@ -150,16 +111,8 @@ def test_fuzzed_data_sets_are_refused_up_front_or_stored(
             acked.add(case.sop_instance_uid)
     elapsed = time.monotonic() - started
     print(f"fuzz: {COUNT} cases in {elapsed:.1f}s, seed {SEED}: {sorted(outcomes.items())}")
-    check_after(adapter, orthanc, acked)
-
-    def settled() -> bool:  # RSS is checked once, below: it does not shrink on demand
-        threads, fds, _ = resources(adapter.pid or 0)
-        return threads <= baseline[0] + 2 and fds <= baseline[1] + 4
-
-    try:
-        wait_until(settled, 30, interval=0.2, what=f"threads/fds back to {baseline[:2]}")
-    except TimeoutError as exc:
-        pid = adapter.pid
-        raise AssertionError(f"{exc}: now {resources(pid)}, fds {_fds(pid)}") from None
-    assert resources(adapter.pid)[2] <= baseline[2] + 64 * 1024, "RSS grew by more than 64 MiB"
+    check_after(adapter, orthanc, acked, called_aet=AET)
+    stored = check_new_instances(orthanc, before, acked)
+    print(f"fuzz: {len(acked)} acknowledged, {stored} new instances in the store, well formed")
+    check_resources(adapter, baseline)
     assert set(MUTATIONS) - {m for m, _ in outcomes} <= {"none"} or COUNT < 50

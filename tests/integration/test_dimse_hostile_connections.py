@@ -12,7 +12,6 @@ import os
 import selectors
 import socket
 import struct
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from tests.peers import dcmtk
 from tests.peers.adapter_proc import AdapterProcess
 from tests.peers.orthanc import OrthancPeer
 from tests.peers.ports import LOOPBACK
+from tests.peers.tls import self_signed
 
 pytestmark = pytest.mark.integration
 
@@ -203,26 +203,10 @@ def test_an_associate_rq_announcing_2_gb_is_aborted_before_any_memory_is_spent(
 
 
 # ------------------------------------------------------------------ TLS
-def _self_signed(directory: Path) -> tuple[Path, Path]:
-    """A throwaway certificate for 127.0.0.1 (openssl, 1 day, never leaves tmp_path)."""
-    cert, key = directory / "server.pem", directory / "server.key"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
-            *("-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return cert, key
-
-
 def test_40_half_tls_client_hellos_hold_no_slot_and_close_at_the_deadline(
     orthanc: OrthancPeer, tmp_path: Path
 ) -> None:
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed(tmp_path)
     tls = {"enabled": True, "cert_file": str(cert), "key_file": str(key)}
     config = site(orthanc.dicomweb_url, tls=tls)
     with AdapterProcess(config, tmp_path, name="tls") as proc:

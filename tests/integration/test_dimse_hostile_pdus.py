@@ -214,3 +214,69 @@ def test_a_well_formed_store_on_the_same_listener_succeeds(
         sock.sendall(p_data(pdv(data, command=False, last=True)))
         kind, body = read_pdu(sock)
     assert kind == 0x04 and decode_response(body[6:]).status == 0x0000
+
+
+# ------------------------------------------------------------------ pynetdicom's DUL thread
+@pytest.fixture(scope="module")
+def pynetdicom_adapter(
+    orthanc: OrthancPeer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AdapterProcess]:
+    config = {
+        "dicomweb": {"url": orthanc.dicomweb_url, "auth": {"kind": "none"}},
+        "retry": {"max_attempts": 0, "initial_delay": 0.1, "max_delay": 0.5},
+        "importer": {"dimse": {"ae_title": AET, "native_storage": False}},
+    }
+    workdir = tmp_path_factory.mktemp("pdus-pynetdicom")
+    proc = AdapterProcess(config, workdir, name="pdus-pynetdicom").start()
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+
+
+def _command(sop_instance: str, field: int = 0x0001) -> bytes:
+    command = bytearray(encode_c_store_rq(1, CTImageStorage, sop_instance))
+    at = command.index(b"\x00\x00\x00\x01\x02\x00\x00\x00") + 8
+    command[at : at + 2] = struct.pack("<H", field)
+    return bytes(command)
+
+
+@pytest.mark.parametrize(
+    ("context_id", "field"),
+    [(5, 0x0001), (1, 0x7777)],
+    ids=["unaccepted-context", "unknown-command"],
+)
+def test_a_command_pynetdicom_cannot_decode_aborts_and_leaves_no_file(
+    pynetdicom_adapter: AdapterProcess, tmp_path: Path, context_id: int, field: int
+) -> None:
+    """Found by tests/fuzz/test_pdu_fuzz.py: pynetdicom's DUL thread died on these (KeyError),
+    without an A-ABORT, leaving the chunked data-set file open in the spool's incoming/."""
+    uid, data = stored_data_set(tmp_path)
+    command = _command(uid, field)
+    with associated(pynetdicom_adapter) as sock:
+        sock.sendall(p_data(struct.pack(">LBB", len(command) + 2, context_id, 0x03) + command))
+        sock.sendall(p_data(pdv(data[:100], command=False, last=False)))
+        kind, abort = read_pdu(sock)
+    assert (kind, abort[2]) == (0x07, 2), abort.hex()
+    incoming = pynetdicom_adapter.workdir / "spool" / "incoming"
+    wait_until(lambda: not list(incoming.glob("*.dcm")), 5, what="no chunked file left")
+    pynetdicom_adapter.wait_for_log(r"malformed DIMSE message \(KeyError\): aborting")
+    assert "uncaught" not in pynetdicom_adapter.log_text()
+
+
+def test_a_command_inside_an_unfinished_data_set_aborts_and_leaves_no_file(
+    pynetdicom_adapter: AdapterProcess, tmp_path: Path
+) -> None:
+    """Found by tests/fuzz/test_pdu_fuzz.py: pynetdicom started the next message and dropped
+    the half-written chunked file, still open, in the spool's incoming/ (PS3.8 E.2)."""
+    uid, data = stored_data_set(tmp_path)
+    echo = _command(uid, 0x0030)  # a C-ECHO-RQ's Command Field where the data set goes on
+    with associated(pynetdicom_adapter) as sock:
+        sock.sendall(store_command(uid))
+        sock.sendall(p_data(pdv(data, command=False, last=False)))
+        sock.sendall(p_data(pdv(echo, command=True, last=True)))
+        kind, abort = read_pdu(sock)
+    assert (kind, abort[2]) == (0x07, 2), abort.hex()
+    incoming = pynetdicom_adapter.workdir / "spool" / "incoming"
+    wait_until(lambda: not list(incoming.glob("*.dcm")), 5, what="no chunked file left")
+    pynetdicom_adapter.wait_for_log(r"a command fragment inside an unfinished data set: aborting")

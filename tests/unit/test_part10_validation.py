@@ -262,3 +262,15 @@ def test_an_affected_sop_instance_uid_that_is_not_a_uid_is_refused_before_the_da
     assert result is not None
     assert (result.status, result.comment) == (0xC000, "invalid AffectedSOPInstanceUID (PS3.5 9.1)")
     assert scp.precheck(StoreRequest(CT, "1.2.0.3", EXPLICIT, "SCU", "127.0.0.1:1")) is None
+
+
+def test_a_data_set_without_its_sop_class_uid_is_refused_before_the_ack(tmp_path: Path) -> None:
+    """Found by the 1,000-data-set fuzz run: a bit flip turned (0008,0016) into (0008,FF16);
+    acknowledged, the store then refused it (Type 1, PS3.3 C.12.1)."""
+    body = head().replace(struct.pack("<HH", 0x0008, 0x0016), struct.pack("<HH", 0x0008, 0xFF16))
+    path = tmp_path / "x.dcm"
+    path.write_bytes(part10(body + pixels()))
+    with pytest.raises(InvalidDatasetError) as caught:
+        check_part10(path, CT, SOP)
+    assert caught.value.status == Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    assert caught.value.comment == "data set has no SOP Class UID"

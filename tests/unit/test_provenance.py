@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 from adapter.provenance import ProvenanceLog
@@ -47,3 +51,38 @@ def test_processes_opening_one_new_log_at_once_all_succeed(tmp_path: Path) -> No
         proc.join(60)
     assert [proc.exitcode for proc in procs] == [0] * 6
     assert ProvenanceLog(tmp_path / "provenance-0.sqlite").sources("1.2.0") == {"AE"}
+
+
+def _open_files(name: str) -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += name in os.readlink(f"/proc/self/fd/{fd}")
+    return count
+
+
+def test_a_finished_threads_connection_is_closed_while_its_thread_object_lives(
+    tmp_path: Path,
+) -> None:
+    """pynetdicom keeps an association's Thread objects in reference cycles: the connection
+    must close when the thread ends, not when the cyclic GC collects the Thread (the PDU fuzz
+    suite found one open provenance fd per finished association)."""
+    log = ProvenanceLog(tmp_path / "provenance.sqlite")
+    log.record("1.2.3", "PACS")  # this thread's connection, with its WAL open
+    kept = []
+
+    def record_in_a_thread(n: int) -> None:
+        thread = threading.Thread(target=log.record, args=(f"1.2.3.{n}", "PACS"))
+        thread.start()
+        thread.join()
+        kept.append(thread)
+
+    record_in_a_thread(0)  # SQLite keeps one closed fd of the file for reuse (POSIX locks)
+    before = _open_files("provenance.sqlite")
+    for n in range(1, 10):
+        record_in_a_thread(n)
+    deadline = time.monotonic() + 2  # a thread drops its locals just after join() returns
+    while _open_files("provenance.sqlite") > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _open_files("provenance.sqlite") == before
+    assert log.sources("1.2.3.9") == {"PACS"}
