@@ -193,7 +193,7 @@ class StowClient:
         outcomes: dict[str, InstanceOutcome] = {}
         for uid in (item.sop_instance_uid for item in items):
             outcomes[uid] = self._outcome(
-                uid, 202 if listed and status == 200 else status, stored, failed, note
+                uid, status, stored, failed, note, trust_bare_200=not listed
             )
         return outcomes
 
@@ -204,6 +204,7 @@ class StowClient:
         stored: Mapping[str, tuple[str | None, str | None]],
         failed: Mapping[str, int | None],
         note: str,
+        trust_bare_200: bool = True,
     ) -> InstanceOutcome:
         if uid in failed:
             reason = failed[uid]
@@ -213,11 +214,11 @@ class StowClient:
         if uid in stored:
             retrieve_url, warning = stored[uid]
             return InstanceOutcome(uid, stored=True, warning=warning, retrieve_url=retrieve_url)
-        if status == 200:
+        if status == 200 and trust_bare_200:
             return InstanceOutcome(uid, stored=True)
-        if status == 202:
+        if status in (200, 202):
             return InstanceOutcome(
-                uid, stored=False, warning="not acknowledged in the store's answer"
+                uid, stored=False, warning=f"not acknowledged in the store's {status} answer"
             )
         if status == 409:
             return InstanceOutcome(
