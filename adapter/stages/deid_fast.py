@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -83,27 +83,36 @@ def _text(raw: bytes | None) -> str:
     return raw.decode("latin-1").rstrip("\x00 ").strip() if raw else ""
 
 
-def _meta(meta: bytes, replace: dict[int, bytes]) -> bytes:
-    """The File Meta group (explicit VR LE) with ``replace``d values and its group length."""
-    out: list[bytes] = []
+_LONG_META_VRS = ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT")
+
+
+def _meta_elements(meta: bytes) -> Iterator[tuple[int, str, int, int, int]]:
+    """(tag, VR, element offset, value offset, value length) of each File Meta element
+    (explicit VR LE, PS3.10 7.1)."""
     pos = 0
     while pos + 8 <= len(meta):
         group, elem = struct.unpack_from("<HH", meta, pos)
         vr = meta[pos + 4 : pos + 6].decode("latin-1")
-        if vr in ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"):
+        if vr in _LONG_META_VRS:
             (length,) = struct.unpack_from("<L", meta, pos + 8)
             start = pos + 12
         else:
             (length,) = struct.unpack_from("<H", meta, pos + 6)
             start = pos + 8
-        tag = (group << 16) | elem
-        if group != 0x0002:
+        yield (group << 16) | elem, vr, pos, start, length
+        pos = start + length
+
+
+def _meta(meta: bytes, replace: dict[int, bytes]) -> bytes:
+    """The File Meta group (explicit VR LE) with ``replace``d values and its group length."""
+    out: list[bytes] = []
+    for tag, vr, pos, start, length in _meta_elements(meta):
+        if tag >> 16 != 0x0002:
             raise UnsupportedError("non-meta element in the meta group")
         if tag in replace:
             out.append(element(tag, vr, replace[tag], implicit=False))
-        elif elem != 0:
+        elif tag & 0xFFFF != 0:
             out.append(meta[pos : start + length])
-        pos = start + length
     body = b"".join(out)
     return element(0x00020000, "UL", struct.pack("<L", len(body)), implicit=False) + body
 
@@ -161,17 +170,8 @@ def rewrite_file(src: BinaryIO, size: int, scan: HeaderFacts, out: Path, job: Fa
 
 
 def find_meta(meta: bytes, tag: int) -> bytes | None:
-    pos = 0
-    while pos + 8 <= len(meta):
-        group, elem = struct.unpack_from("<HH", meta, pos)
-        vr = meta[pos + 4 : pos + 6].decode("latin-1")
-        if vr in ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "UC", "UN", "UR", "UT"):
-            (length,) = struct.unpack_from("<L", meta, pos + 8)
-            start = pos + 12
-        else:
-            (length,) = struct.unpack_from("<H", meta, pos + 6)
-            start = pos + 8
-        if (group << 16) | elem == tag:
+    """The value of one File Meta element (None: absent)."""
+    for found, _, _, start, length in _meta_elements(meta):
+        if found == tag:
             return meta[start : start + length]
-        pos = start + length
     return None
