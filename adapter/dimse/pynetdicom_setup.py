@@ -23,6 +23,8 @@ import pynetdicom.dimse
 import pynetdicom.dimse_messages
 import pynetdicom.dsutils
 import pynetdicom.events
+import pynetdicom.fsm
+import pynetdicom.pdu
 from pydicom.uid import UID
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
@@ -32,7 +34,7 @@ from adapter.dimse.implementation import IMPLEMENTATION_CLASS_UID, IMPLEMENTATIO
 
 _LOG = logging.getLogger(__name__)
 
-__all__ = ["RECEIVE_DIRS", "hand_off"]
+__all__ = ["RECEIVE_DIRS", "discard_partial_data_set", "hand_off"]
 
 # Receive C-STORE data sets straight into a file (no decode, flat memory): event.dataset_path.
 _config.STORE_RECV_CHUNKED_DATASET = True
@@ -140,6 +142,108 @@ def _abort_message(provider: Any, reason: str) -> None:
 
 
 pynetdicom.dimse.DIMSEServiceProvider.receive_primitive = _guarded_receive_primitive  # type: ignore[method-assign]
+
+
+def discard_partial_data_set(assoc: Any) -> None:
+    """Close and delete the chunked data-set file of a message the association never finished
+    (an abort, a dead connection): nothing half-received stays in the spool's incoming/."""
+    message = getattr(getattr(assoc, "dimse", None), "message", None)
+    partial = getattr(message, "_data_set_file", None)
+    if partial is not None:
+        with contextlib.suppress(OSError, ValueError):
+            partial.close()
+            Path(partial.name).unlink(missing_ok=True)
+
+
+_do_action = pynetdicom.fsm.StateMachine.do_action
+#: Events the local service user raises (PS3.8 Table 9-10): requests, responses, aborts.
+_LOCAL_EVENTS = {"Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"}
+#: States in which an invalid event from the peer is answered with AA-8 (PS3.8 Table 9-10).
+_AA8_STATES = {"Sta3", "Sta5", "Sta6", "Sta7", "Sta8", "Sta9", "Sta10", "Sta11", "Sta12"}
+
+
+def _guarded_do_action(self: Any, event: str) -> None:
+    """pynetdicom's state table leaves out pairs PS3.8 9.2 defines, and its DUL thread dies on
+    them uncaught (InvalidEventError): no A-ABORT, no EVT_CONN_CLOSE, the slot and the chunked
+    file kept. A local primitive after the association went to Sta13 (a C-STORE response
+    racing a peer's abort) is moot and dropped; an ARTIM expiry outside Sta2/Sta13 is stale;
+    anything else from the peer is the invalid PDU AA-8 answers (A-ABORT, then Sta13)."""
+    state = self.current_state
+    if (event, state) in pynetdicom.fsm.TRANSITION_TABLE:
+        _do_action(self, event)
+        return
+    if event in _LOCAL_EVENTS or event in ("Evt17", "Evt18"):
+        if event == "Evt18":
+            self.dul.artim_timer.stop()
+        _LOG.debug("DUL event %s in state %s: ignored", event, state)
+        return
+    _LOG.warning("DUL event %s is invalid in state %s: aborting", event, state)
+    if state in _AA8_STATES:
+        _do_action_named(self, "AA-8", event)
+    else:
+        _do_action_named(self, "AA-2", event)
+
+
+def _do_action_named(machine: Any, action_name: str, event: str) -> None:
+    """Run one PS3.8 action of pynetdicom's table and move to the state it returns."""
+    _, action, _ = pynetdicom.fsm.ACTIONS[action_name]
+    machine.transition(action(machine.dul))
+
+
+pynetdicom.fsm.StateMachine.do_action = _guarded_do_action  # type: ignore[method-assign]
+
+_abort_to_primitive = pynetdicom.pdu.A_ABORT_RQ.to_primitive
+
+
+def _lenient_abort_to_primitive(self: Any) -> Any:
+    """An A-ABORT whose Abort Source is reserved (1, or above 2; PS3.8 9.3.8) is still an abort:
+    pynetdicom raises ValueError building its primitive and the DUL thread gives up without
+    closing the association properly. Take it as from the service user."""
+    if self.source not in (0x00, 0x02):
+        self.source = 0x00
+    return _abort_to_primitive(self)
+
+
+pynetdicom.pdu.A_ABORT_RQ.to_primitive = _lenient_abort_to_primitive  # type: ignore[method-assign]
+
+_assoc_run_reactor = Association.run_reactor
+
+
+def _closing_run_reactor(self: Any) -> None:
+    """Whatever ends an acceptor's association thread (a DUL that died, an exception), the
+    chunked file is removed and EVT_CONN_CLOSE fires once, so the handlers release what they
+    hold (the association count, statistics)."""
+    try:
+        _assoc_run_reactor(self)
+    finally:
+        if self.is_acceptor:
+            discard_partial_data_set(self)
+            if not getattr(self, "_adapter_conn_closed", False):
+                self._adapter_conn_closed = True
+                with contextlib.suppress(Exception):
+                    evt.trigger(self, evt.EVT_CONN_CLOSE, {"address": ("", 0)})
+
+
+Association.run_reactor = _closing_run_reactor  # type: ignore[method-assign]
+
+_serve_request = Association._serve_request
+
+
+def _cleaning_serve_request(self: Any, msg: Any, context_id: int) -> None:
+    """Only the Storage service class deletes a received data set's chunked file: a message
+    pynetdicom turns away (unexpected type, a SOP Class it has no service for, a rejected
+    context, a release under way) or serves with another class leaves it in incoming/."""
+    try:
+        _serve_request(self, msg, context_id)
+    finally:
+        received = getattr(msg, "_dataset_file", None)
+        if received is not None:
+            with contextlib.suppress(OSError, ValueError):
+                received.close()
+                Path(received.name).unlink(missing_ok=True)
+
+
+Association._serve_request = _cleaning_serve_request  # type: ignore[method-assign]
 
 
 class _UntrustedValueFilter(logging.Filter):

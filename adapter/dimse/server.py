@@ -42,7 +42,7 @@ from adapter.dimse.pdu import (
     encode_associate_rj,
     parse_associate_rq,
 )
-from adapter.dimse.pynetdicom_setup import RECEIVE_DIRS, hand_off
+from adapter.dimse.pynetdicom_setup import RECEIVE_DIRS, discard_partial_data_set, hand_off
 from adapter.dimse.storage_acceptor import AssociationStats, StorageAssociation, StorageHandler
 from adapter.dimse.transport import ssl_context_for
 from adapter.errors import ListenError
@@ -488,10 +488,6 @@ class DimseServer:
         if stats is not None:
             aborted = bool(getattr(event.assoc, "is_aborted", False))
             stats.log_end(event.assoc.requestor.ae_title, _peer(event), aborted)
+        event.assoc._adapter_conn_closed = True  # type: ignore[attr-defined]
         # A data set cut off by an abort stays behind in pynetdicom's chunked file: remove it.
-        message = getattr(getattr(event.assoc, "dimse", None), "message", None)
-        partial = getattr(message, "_data_set_file", None)
-        if partial is not None:
-            with contextlib.suppress(OSError, ValueError):
-                partial.close()
-                Path(partial.name).unlink(missing_ok=True)
+        discard_partial_data_set(event.assoc)

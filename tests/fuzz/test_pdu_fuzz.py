@@ -221,11 +221,16 @@ def test_fuzzed_pdus_are_answered_or_dropped_and_leave_nothing_behind(
     baseline = resources(pid)
     before = orthanc_instance_ids(orthanc)
     outcomes: collections.Counter[tuple[str, str]] = collections.Counter()
+    cases: dict[str, str] = {}  # SOP Instance UID -> the case that sent it
+    cut_off: set[str] = set()  # the association ended before any answer to its C-STORE
     started = time.monotonic()
     for _ in range(COUNT):
         conv = make_conversation(rng)
         outcome = run_case(peer, conv, acked)
         outcomes[(conv.mutation, outcome)] += 1
+        cases[conv.sop_instance_uid] = f"({conv.mutation}: {conv.detail} -> {outcome})"
+        if outcome.split(",")[0] in ("AC", "ABORT", "nothing"):
+            cut_off.add(conv.sop_instance_uid)  # no answer to its C-STORE, nor after it
         if conv.mutation in ("none", "fragmentation"):
             assert outcome == "RP, closed", (conv.mutation, conv.detail, outcome)
             assert conv.sop_instance_uid in acked
@@ -236,7 +241,7 @@ def test_fuzzed_pdus_are_answered_or_dropped_and_leave_nothing_behind(
         print(f"  {mutation:18} {outcome:40} {n}")
     acked.discard("")
     check_after(peer.proc, orthanc, acked, called_aet=AET, echo_args=peer.echo_args)
-    stored = check_new_instances(orthanc, before, acked)
+    stored = check_new_instances(orthanc, before, acked, cases, cut_off)
     print(f"  {len(acked)} acknowledged, {stored} new instances in the store, all well formed")
     check_resources(peer.proc, baseline)
     assert not [o for (_, o) in outcomes if o.endswith("still open at the deadline")], outcomes

@@ -49,3 +49,21 @@ def test_the_listener_internals_server_py_uses_exist() -> None:
     assert hasattr(ae, "_servers") and hasattr(ae, "_maximum_associations")
     assert isinstance(AE.__dict__["maximum_associations"], property)
     assert "require_called_aet" in dir(ae) and "implementation_version_name" in dir(ae)
+
+
+def test_the_wrapped_state_machine_abort_and_reactor_internals_exist() -> None:
+    import pynetdicom.fsm
+    import pynetdicom.pdu
+    from pynetdicom.association import Association
+
+    assert pynetdicom.fsm.StateMachine.do_action is setup._guarded_do_action  # type: ignore[comparison-overlap]
+    assert {"AA-2", "AA-8"} <= set(pynetdicom.fsm.ACTIONS)
+    assert all(len(action) == 3 for action in pynetdicom.fsm.ACTIONS.values())
+    assert pynetdicom.pdu.A_ABORT_RQ.to_primitive is setup._lenient_abort_to_primitive  # type: ignore[comparison-overlap]
+    assert Association.run_reactor is setup._closing_run_reactor  # type: ignore[comparison-overlap]
+    assert Association._serve_request is setup._cleaning_serve_request  # type: ignore[comparison-overlap]
+    assert list(inspect.signature(setup._serve_request).parameters) == [
+        "self",
+        "msg",
+        "context_id",
+    ]
