@@ -431,7 +431,8 @@ class StoreScu:
             )
         except AssociationAbortedError as exc:
             raise _NoResponseError(
-                f"C-STORE to {self.peer}: no response (timeout, abort or invalid reply: {exc})"
+                f"C-STORE to {self.peer}: no response (timeout, abort or invalid reply: {exc})",
+                in_flight=True,  # counts towards the poison bound (the PACS died on it?)
             ) from None
         status = rsp.status
         outcome = classify_store_status(status)
