@@ -34,6 +34,17 @@ def _short(exc: BaseException | str, limit: int = 300) -> str:
     return text[:limit] or type(exc).__name__
 
 
+#: A delivery outcome as the STOW-RS per-instance counter names it.
+_STOW_RESULT = {
+    ("delivered", False): "stored",
+    ("delivered", True): "warning",
+    ("transient", False): "transient_error",
+    ("transient", True): "transient_error",
+    ("permanent", False): "permanent_error",
+    ("permanent", True): "permanent_error",
+}
+
+
 class DeliveryService:
     """A Service: ``workers`` threads delivering ``outbox`` to ``destination``."""
 
@@ -180,18 +191,18 @@ class DeliveryService:
         try:
             outcomes = self.destination.deliver(instances)
         except (TransientError, PermanentError) as exc:
-            metrics.DELIVERY_DURATION_SECONDS.labels(**self._labels).observe(
-                time.perf_counter() - start
-            )
+            self._timed(start, len(batch))
+            kind = "transient_error" if isinstance(exc, TransientError) else "permanent_error"
+            self._count_stow(kind, [kind] * len(batch))
             self._batch_failed(batch, exc)
             return
-        metrics.DELIVERY_DURATION_SECONDS.labels(**self._labels).observe(
-            time.perf_counter() - start
-        )
+        self._timed(start, len(batch))
         if len(outcomes) != len(batch):  # pragma: no cover - a destination bug
             raise RuntimeError(
                 f"{self.destination.name}: {len(outcomes)} outcomes for {len(batch)}"
             )
+        results = [_STOW_RESULT[(o.kind, o.warning)] for o in outcomes]
+        self._count_stow("success" if set(results) <= {"stored", "warning"} else "partial", results)
         done: list[SpoolEntry] = []
         for entry, outcome in zip(batch, outcomes, strict=True):
             if outcome.kind == "delivered":
@@ -264,6 +275,21 @@ class DeliveryService:
         )
 
     # ------------------------------------------------------------------ outcomes
+    def _timed(self, start: float, size: int) -> None:
+        elapsed = time.perf_counter() - start
+        metrics.DELIVERY_DURATION_SECONDS.labels(**self._labels).observe(elapsed)
+        if self.destination.kind == "dicomweb":  # the STOW-RS batch histograms
+            metrics.UPLOAD_BATCH_DURATION_SECONDS.observe(elapsed)
+            metrics.UPLOAD_BATCH_SIZE.observe(size)
+
+    def _count_stow(self, batch_outcome: str, results: Sequence[str]) -> None:
+        """The STOW-RS batch and per-instance counters (dicomweb destinations only)."""
+        if self.destination.kind != "dicomweb":
+            return
+        metrics.UPLOAD_BATCHES_TOTAL.labels(outcome=batch_outcome).inc()
+        for result in results:
+            metrics.UPLOAD_RESULTS_TOTAL.labels(outcome=result).inc()
+
     def _count(self, outcome: str) -> None:
         metrics.DELIVERIES_TOTAL.labels(**self._labels, outcome=outcome).inc()
 

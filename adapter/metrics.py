@@ -342,7 +342,7 @@ for _reason in ("echo", "filtered"):
     EXPORT_MESSAGES_SKIPPED_TOTAL.labels(reason=_reason)
 __all__ += ["EXPORT_MESSAGES_SKIPPED_TOTAL"]
 
-# --- added by the import path (importer/upload.py) ---------------------------------------------
+# --- STOW-RS batches of every dicomweb destination (adapter/delivery.py) ------------------------
 
 UPLOAD_BATCH_SIZE = Histogram(
     "dicom_adapter_upload_batch_size",

@@ -83,6 +83,16 @@ def test_counters_move_after_a_dcmsend(
     accepted = {"calling_ae": "other", "outcome": "accepted"}
     assert sample_value(after, "dicom_adapter_associations_total", **accepted) >= 1
     assert sample_value(after, "dicom_adapter_instances_received_total") >= 3
+    # The STOW-RS batch series move too (they stayed at zero once delivery moved to the
+    # pipeline): batch sizes sum to the instances sent, results counted per instance.
+    assert (
+        sample_value(after, "dicom_adapter_upload_batch_size_sum")
+        - sample_value(before, "dicom_adapter_upload_batch_size_sum")
+        == 3
+    )
+    assert sample_value(after, "dicom_adapter_upload_batches_total", outcome="success") >= 1
+    assert sample_value(after, "dicom_adapter_upload_results_total", outcome="stored") >= 3
+    assert sample_value(after, "dicom_adapter_upload_batch_duration_seconds_count") >= 1
     wait_until(
         lambda: sample_value(adapter.metrics_text(), "dicom_adapter_spool_depth") == 0,
         timeout=30,
