@@ -135,6 +135,8 @@ def parse_associate_rq(pdu: bytes) -> AssociateRequest:
                     abstract = _uid(sub_value)
                 elif sub == 0x40:
                     syntaxes.append(_uid(sub_value))
+            if not abstract:  # PS3.8 9.3.2.2 (pynetdicom's acceptor dies on one)
+                raise PduError(f"presentation context {value[0]} without an abstract syntax")
             contexts.append(ProposedContext(value[0], abstract, tuple(syntaxes)))
         elif kind == 0x50:
             has_user = True

@@ -739,3 +739,17 @@ def test_peek_returns_an_empty_associate_rq_without_waiting_for_the_timeout(
     result = peek_pdu(ours, 0.3, 1 << 20)
     assert time.monotonic() - started < 0.2
     assert result == b"\x01\x00\x00\x00\x00\x00"
+
+
+@pytest.mark.parametrize("abstract_item", [b"", _item(0x30, b"")], ids=["missing", "empty"])
+def test_a_presentation_context_without_an_abstract_syntax_is_a_pdu_error(
+    abstract_item: bytes,
+) -> None:
+    """PS3.8 9.3.2.2: a presentation context has one Abstract Syntax sub-item. Without one,
+    pynetdicom's acceptor died on the association the listener handed it (an uncaught thread
+    exception in the PDU fuzz run); now the listener answers with an A-ABORT."""
+    storage = _item(0x20, bytes([1, 0, 0, 0]) + _item(0x30, CT.encode()) + _item(0x40, b"1.2"))
+    bad = _item(0x20, bytes([3, 0, 0, 0]) + abstract_item + _item(0x40, EXPLICIT.encode()))
+    data = raw_rq(APP_ITEM + storage + bad + raw_user(MAX_ITEM))
+    with pytest.raises(PduError, match="presentation context 3 without an abstract syntax"):
+        parse_associate_rq(data)
