@@ -4,6 +4,7 @@ dicom-adapter -> Orthanc until queryable, (d) the adapter's peak RSS with one bi
 from __future__ import annotations
 
 import hashlib
+import resource
 import shutil
 import socket
 import sys
@@ -100,6 +101,12 @@ def wait_queryable(peer: OrthancPeer, series: Series, timeout: float,
     except TimeoutError as exc:
         raise TimeoutError(f"{exc} (Orthanc counted {seen['count']}, QIDO found "
                            f"{seen['qido']})") from None
+
+
+def _children_cpu_seconds() -> float:
+    """User + system CPU of this process's waited-for children (the storescu senders)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _groups(paths: list[Path], n: int) -> list[list[Path]]:
@@ -339,10 +346,12 @@ class ImportBench:
                     spy = PySpy(adapter.pid, self.profile_dir / f"profile-{key}.txt").start()
                 assert peer.pid is not None
                 cpu0 = (cpu_seconds(adapter.pid), cpu_seconds(peer.pid))
+                senders0 = _children_cpu_seconds()
                 t0 = time.monotonic()
                 ok = run_storescu_groups(adapter.dimse_port or 0, groups, ADAPTER_AET,
                                          timeout=120 + n)
                 acked = time.monotonic()
+                sender_cpu = _children_cpu_seconds() - senders0
                 if ok != n:
                     raise RuntimeError(f"storescu: {ok} of {n} acknowledged; adapter log: "
                                        f"{adapter.log_tail()}")
@@ -359,6 +368,7 @@ class ImportBench:
                     "adapter_cpu_acked_s": cpu_acked,
                     "adapter_cpu_s": cpu_seconds(adapter.pid) - cpu0[0],
                     "orthanc_cpu_s": cpu_seconds(peer.pid) - cpu0[1],
+                    "storescu_cpu_s": sender_cpu,
                 }
                 if spy is not None:
                     spy.stop()
