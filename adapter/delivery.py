@@ -34,15 +34,11 @@ def _short(exc: BaseException | str, limit: int = 300) -> str:
     return text[:limit] or type(exc).__name__
 
 
-#: A delivery outcome as the STOW-RS per-instance counter names it.
-_STOW_RESULT = {
-    ("delivered", False): "stored",
-    ("delivered", True): "warning",
-    ("transient", False): "transient_error",
-    ("transient", True): "transient_error",
-    ("permanent", False): "permanent_error",
-    ("permanent", True): "permanent_error",
-}
+def _stow_result(outcome: DeliveryOutcome) -> str:
+    """A delivery outcome as the STOW-RS per-instance counter names it."""
+    if outcome.kind == "delivered":
+        return "warning" if outcome.warning else "stored"
+    return f"{outcome.kind}_error"
 
 
 class DeliveryService:
@@ -201,7 +197,7 @@ class DeliveryService:
             raise RuntimeError(
                 f"{self.destination.name}: {len(outcomes)} outcomes for {len(batch)}"
             )
-        results = [_STOW_RESULT[(o.kind, o.warning)] for o in outcomes]
+        results = [_stow_result(o) for o in outcomes]
         self._count_stow("success" if set(results) <= {"stored", "warning"} else "partial", results)
         done: list[SpoolEntry] = []
         for entry, outcome in zip(batch, outcomes, strict=True):

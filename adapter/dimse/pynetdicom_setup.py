@@ -107,6 +107,14 @@ def _packed_encode_msg(self: Any, context_id: int, max_pdu_length: int) -> Itera
 pynetdicom.dimse_messages.DIMSEMessage.encode_msg = _packed_encode_msg  # type: ignore[method-assign]
 
 
+def _delete_received(received: IO[bytes] | None) -> None:
+    """Close and delete one chunked data-set file (None: there is none)."""
+    if received is not None:
+        with contextlib.suppress(OSError, ValueError):
+            received.close()
+            Path(received.name).unlink(missing_ok=True)
+
+
 _receive_primitive = pynetdicom.dimse.DIMSEServiceProvider.receive_primitive
 
 
@@ -132,11 +140,7 @@ def _guarded_receive_primitive(self: Any, primitive: Any) -> None:
 
 def _abort_message(provider: Any, reason: str) -> None:
     message, provider.message = provider.message, None
-    partial = getattr(message, "_data_set_file", None)
-    if partial is not None:
-        with contextlib.suppress(OSError, ValueError):
-            partial.close()
-            Path(partial.name).unlink(missing_ok=True)
+    _delete_received(getattr(message, "_data_set_file", None))
     _LOG.warning("%s: aborting", reason)
     provider.dul.event_queue.put("Evt19")
 
@@ -148,11 +152,7 @@ def discard_partial_data_set(assoc: Any) -> None:
     """Close and delete the chunked data-set file of a message the association never finished
     (an abort, a dead connection): nothing half-received stays in the spool's incoming/."""
     message = getattr(getattr(assoc, "dimse", None), "message", None)
-    partial = getattr(message, "_data_set_file", None)
-    if partial is not None:
-        with contextlib.suppress(OSError, ValueError):
-            partial.close()
-            Path(partial.name).unlink(missing_ok=True)
+    _delete_received(getattr(message, "_data_set_file", None))
 
 
 _do_action = pynetdicom.fsm.StateMachine.do_action
@@ -178,13 +178,10 @@ def _guarded_do_action(self: Any, event: str) -> None:
         _LOG.debug("DUL event %s in state %s: ignored", event, state)
         return
     _LOG.warning("DUL event %s is invalid in state %s: aborting", event, state)
-    if state in _AA8_STATES:
-        _do_action_named(self, "AA-8", event)
-    else:
-        _do_action_named(self, "AA-2", event)
+    _do_action_named(self, "AA-8" if state in _AA8_STATES else "AA-2")
 
 
-def _do_action_named(machine: Any, action_name: str, event: str) -> None:
+def _do_action_named(machine: Any, action_name: str) -> None:
     """Run one PS3.8 action of pynetdicom's table and move to the state it returns."""
     _, action, _ = pynetdicom.fsm.ACTIONS[action_name]
     machine.transition(action(machine.dul))
@@ -236,11 +233,7 @@ def _cleaning_serve_request(self: Any, msg: Any, context_id: int) -> None:
     try:
         _serve_request(self, msg, context_id)
     finally:
-        received = getattr(msg, "_dataset_file", None)
-        if received is not None:
-            with contextlib.suppress(OSError, ValueError):
-                received.close()
-                Path(received.name).unlink(missing_ok=True)
+        _delete_received(getattr(msg, "_dataset_file", None))
 
 
 Association._serve_request = _cleaning_serve_request  # type: ignore[method-assign]
