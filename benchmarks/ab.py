@@ -36,10 +36,8 @@ def rows(bench: ImportBench, series: Series) -> dict[str, Callable[[], Measureme
         "r-a8": lambda: bench.through_adapter(series, 8, key="r-a8", unreachable=True),
         "cs-a1": lambda: bench.through_adapter(series, 1, rtt=RTT, key="cs-a1"),
         "cs-a8": lambda: bench.through_adapter(series, 8, rtt=RTT, key="cs-a8"),
-        "cu-a1": lambda: bench.through_adapter(series, 1, ack="after-upload", rtt=RTT,
-                                               key="cu-a1"),
-        "cu-a8": lambda: bench.through_adapter(series, 8, ack="after-upload", rtt=RTT,
-                                               key="cu-a8"),
+        "cu-a1": lambda: bench.through_adapter(series, 1, ack="after-upload", rtt=RTT, key="cu-a1"),
+        "cu-a8": lambda: bench.through_adapter(series, 8, ack="after-upload", rtt=RTT, key="cu-a8"),
     }
 
 
@@ -70,11 +68,13 @@ def main(argv: list[str] | None = None) -> int:
                         continue
                     r = m.runs[0]
                     cpu, acked = r.extra.get("adapter_cpu_s"), r.extra.get("adapter_cpu_acked_s")
-                    results.setdefault((key, name), []).append((
-                        n / r.seconds,
-                        cpu * 1000 / n if cpu is not None else None,
-                        acked * 1000 / n if acked is not None else None,
-                    ))
+                    results.setdefault((key, name), []).append(
+                        (
+                            n / r.seconds,
+                            cpu * 1000 / n if cpu is not None else None,
+                            acked * 1000 / n if acked is not None else None,
+                        )
+                    )
     print(f"\nA = {args.a}\nB = {args.b}\n{args.rounds} rounds, {n} CT, load {os.getloadavg()}")
     for (key, name), values in sorted(results.items()):
         rates = [v[0] for v in values]
@@ -82,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         acks = [v[2] for v in values if v[2] is not None]
         cpu = f"; CPU {statistics.median(cpus):.2f} ms/instance" if cpus else ""
         ack = f" ({statistics.median(acks):.2f} until acked)" if acks else ""
-        print(f"{key:7} {name.upper()}: {statistics.median(rates):7.1f}/s "
-              f"[{', '.join(f'{x:.0f}' for x in rates)}]{cpu}{ack}")
+        print(
+            f"{key:7} {name.upper()}: {statistics.median(rates):7.1f}/s "
+            f"[{', '.join(f'{x:.0f}' for x in rates)}]{cpu}{ack}"
+        )
     return 0
 
 

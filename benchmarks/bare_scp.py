@@ -38,9 +38,11 @@ def main(argv: list[str]) -> int:
     ae.supported_contexts = AllStoragePresentationContexts
     ae.add_supported_context(Verification)
     ae.maximum_associations = 32
-    server = ae.start_server(("127.0.0.1", port), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, _store),
-                                           (evt.EVT_CONN_OPEN, _nodelay)])
+    server = ae.start_server(
+        ("127.0.0.1", port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, _store), (evt.EVT_CONN_OPEN, _nodelay)],
+    )
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     done.wait()

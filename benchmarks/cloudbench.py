@@ -36,8 +36,10 @@ def sync_stow(bench: ImportBench, series: Series, associations: int, rtt: float)
     every storescu exited: each acknowledgement came after its instance's STOW)."""
     n = len(series.instances)
     key = f"j-a{associations}"
-    label = (f"storescu x{associations} -> 1 sync STOW per C-STORE (Java shape) -> "
-             f"+{rtt * 1000:.0f} ms proxy -> Orthanc")
+    label = (
+        f"storescu x{associations} -> 1 sync STOW per C-STORE (Java shape) -> "
+        f"+{rtt * 1000:.0f} ms proxy -> Orthanc"
+    )
     groups = _groups(series.paths, associations)
 
     def once(i: int) -> Timed:
@@ -45,8 +47,11 @@ def sync_stow(bench: ImportBench, series: Series, associations: int, rtt: float)
         peer = fresh_orthanc(tmp / "orthanc")
         proxy = ProxyProcess(peer.dicomweb_url, rtt, tmp / "proxy.log").start()
         port = free_port()
-        proc = spawn([sys.executable, "-m", "benchmarks.sync_stow_scp", str(port), proxy.url],
-                     tmp / "scp.log", cwd=Path(__file__).resolve().parent.parent)
+        proc = spawn(
+            [sys.executable, "-m", "benchmarks.sync_stow_scp", str(port), proxy.url],
+            tmp / "scp.log",
+            cwd=Path(__file__).resolve().parent.parent,
+        )
         try:
             poll(lambda: is_listening(port) or describe_exit(proc), 30, "sync STOW SCP")
             if proc.poll() is not None:
@@ -76,8 +81,9 @@ def cloud_rows(bench: ImportBench, series: Series, rtt: float) -> list[Measureme
     ]
     for ack, short in (("after-spool", "cs"), ("after-upload", "cu")):
         for assoc in (1, 8):
-            rows.append(bench.through_adapter(series, assoc, ack=ack, rtt=rtt,
-                                              key=f"{short}-a{assoc}"))
+            rows.append(
+                bench.through_adapter(series, assoc, ack=ack, rtt=rtt, key=f"{short}-a{assoc}")
+            )
     return rows
 
 
@@ -91,21 +97,31 @@ def cloud_verdicts(rows: dict[str, Measurement]) -> list[str]:
     out: list[str] = []
     limit, one = rate("b-cloud-c8"), rate("b-cloud-1x1")
     if limit:
-        out.append(f"cloud limit b-cloud-c8 = {limit:.1f}/s; 1/RTT b-cloud-1x1 = "
-                   f"{one or 0:.1f}/s")
-        for key, target in (("j-a1", None), ("j-a8", None), ("cs-a1", None), ("cs-a8", None),
-                            ("cu-a1", None), ("cu-a8", 0.8)):
+        out.append(f"cloud limit b-cloud-c8 = {limit:.1f}/s; 1/RTT b-cloud-1x1 = {one or 0:.1f}/s")
+        for key, target in (
+            ("j-a1", None),
+            ("j-a8", None),
+            ("cs-a1", None),
+            ("cs-a8", None),
+            ("cu-a1", None),
+            ("cu-a8", 0.8),
+        ):
             r = rate(key)
             if not r:
                 continue
             ratio = r / limit
-            verdict = (f" (target >= {target}: {'MET' if ratio >= target else 'NOT MET'})"
-                       if target else "")
+            verdict = (
+                f" (target >= {target}: {'MET' if ratio >= target else 'NOT MET'})"
+                if target
+                else ""
+            )
             line = f"ratio {key} / b-cloud-c8 = {ratio:.2f}{verdict}"
             if key in ("j-a8", "cu-a8") and one:  # one C-STORE at a time per association
                 ceiling = min(limit, 8 * one)
-                line += (f"; / min(b-cloud-c8, 8 x b-cloud-1x1 = {8 * one:.0f}) = "
-                         f"{r / ceiling:.2f} (8 synchronous senders cannot beat 8 / RTT)")
+                line += (
+                    f"; / min(b-cloud-c8, 8 x b-cloud-1x1 = {8 * one:.0f}) = "
+                    f"{r / ceiling:.2f} (8 synchronous senders cannot beat 8 / RTT)"
+                )
             if key.endswith("-a1") and one:
                 r1 = r / one
                 goal = " (target >= 0.9: " + ("MET" if r1 >= 0.9 else "NOT MET") + ")"

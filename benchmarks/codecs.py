@@ -32,10 +32,15 @@ SYNTAXES = (JPEG2000Lossless, JPEGLSLossless, RLELossless)
 def pydicom_row(ds: pydicom.Dataset, ts: str, plugin: str, repeat: int) -> str:
     arr = ds.pixel_array
     opts = dict(
-        rows=ds.Rows, columns=ds.Columns, samples_per_pixel=ds.SamplesPerPixel,
-        bits_allocated=ds.BitsAllocated, bits_stored=ds.BitsStored,
-        pixel_representation=ds.PixelRepresentation, number_of_frames=1,
-        photometric_interpretation=ds.PhotometricInterpretation, planar_configuration=0,
+        rows=ds.Rows,
+        columns=ds.Columns,
+        samples_per_pixel=ds.SamplesPerPixel,
+        bits_allocated=ds.BitsAllocated,
+        bits_stored=ds.BitsStored,
+        pixel_representation=ds.PixelRepresentation,
+        number_of_frames=1,
+        photometric_interpretation=ds.PhotometricInterpretation,
+        planar_configuration=0,
     )
     enc = get_encoder(ts)
     t = time.process_time()

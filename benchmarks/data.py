@@ -194,7 +194,10 @@ def big_instance(cache: Path, megabytes: int, *, progress: bool = True) -> Insta
     def make(directory: Path) -> list[Instance]:
         ds = _header(
             MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-            "OT", generate_uid(), generate_uid(), 1,
+            "OT",
+            generate_uid(),
+            generate_uid(),
+            1,
         )
         ds.ImageType = ["DERIVED", "SECONDARY"]
         ds.ConversionType = "WSD"
@@ -213,7 +216,7 @@ def big_instance(cache: Path, megabytes: int, *, progress: bool = True) -> Insta
             f.write(struct.pack("<HH2s2sI", 0x7FE0, 0x0010, b"OW", b"\0\0", length))
             for first in range(0, frames, per_chunk):
                 count = min(per_chunk, frames - first)
-                offsets = (np.arange(first, first + count, dtype=np.uint16) & 0x0FF)
+                offsets = np.arange(first, first + count, dtype=np.uint16) & 0x0FF
                 chunk = base[None, :, :] ^ offsets[:, None, None]
                 chunk[:, 0, 0] = np.arange(first, first + count) & 0x0FFF
                 f.write(chunk.astype("<u2", copy=False).tobytes())

@@ -39,10 +39,12 @@ from tests.peers.wait import spawn, tail
 
 __all__ = ["ExportBench", "exporter_available", "notification_path"]
 
-EMULATOR = Path(os.environ.get(
-    "PUBSUB_EMULATOR_BIN",
-    "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator",
-))
+EMULATOR = Path(
+    os.environ.get(
+        "PUBSUB_EMULATOR_BIN",
+        "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator",
+    )
+)
 PROJECT = "bench-project"
 HEALTHCARE_PREFIX = (
     f"projects/{PROJECT}/locations/us-central1/datasets/bench/dicomStores/orthanc/dicomWeb"
@@ -67,8 +69,10 @@ def exporter_available() -> str | None:
 
 def notification_path(i: Instance) -> str:
     """A Cloud Healthcare API DICOM notification's data: the instance's resource name."""
-    return (f"{HEALTHCARE_PREFIX}/studies/{i.study_uid}/series/{i.series_uid}"
-            f"/instances/{i.sop_instance_uid}")
+    return (
+        f"{HEALTHCARE_PREFIX}/studies/{i.study_uid}/series/{i.series_uid}"
+        f"/instances/{i.sop_instance_uid}"
+    )
 
 
 def wado_to_file(session: requests.Session, dicomweb: str, i: Instance, out: Path) -> int:
@@ -77,8 +81,14 @@ def wado_to_file(session: requests.Session, dicomweb: str, i: Instance, out: Pat
     r = session.get(url, headers={"Accept": _ACCEPT}, timeout=(10, 300))
     r.raise_for_status()
     ctype = r.headers.get("Content-Type", "")
-    boundary = next((p.split("=", 1)[1].strip().strip('"') for p in ctype.split(";")
-                     if p.strip().lower().startswith("boundary=")), None)
+    boundary = next(
+        (
+            p.split("=", 1)[1].strip().strip('"')
+            for p in ctype.split(";")
+            if p.strip().lower().startswith("boundary=")
+        ),
+        None,
+    )
     if boundary is None:
         raise RuntimeError(f"WADO-RS answer is not multipart: {ctype}")
     body = r.content
@@ -180,30 +190,47 @@ class ExportBench:
             t0 = time.monotonic()
             with requests.Session() as session, ThreadPoolExecutor(HAND_WADO) as pool:
                 paths = [files / f"{k:05d}.dcm" for k in range(n)]
-                list(pool.map(lambda a: wado_to_file(session, peer.dicomweb_url, *a),
-                              zip(series.instances, paths, strict=True)))
+                list(
+                    pool.map(
+                        lambda a: wado_to_file(session, peer.dicomweb_url, *a),
+                        zip(series.instances, paths, strict=True),
+                    )
+                )
             fetched = time.monotonic()
-            ok = run_storescu_groups(scp.port, [paths[k::POOL] for k in range(POOL)], scp.aet,
-                                     timeout=120 + n)
+            ok = run_storescu_groups(
+                scp.port, [paths[k::POOL] for k in range(POOL)], scp.aet, timeout=120 + n
+            )
             poll(lambda: scp.received() >= n, 60, f"{n} files in storescp")
             elapsed = time.monotonic() - t0
             if ok != n:
                 raise RuntimeError(f"storescu: {ok} of {n} acknowledged")
-            return Timed(elapsed, {"wado_seconds": fetched - t0,
-                                   "client_cpu_s": own_cpu_seconds() - cpu0[0],
-                                   "orthanc_cpu_s": cpu_seconds(peer.pid) - cpu0[1]})
+            return Timed(
+                elapsed,
+                {
+                    "wado_seconds": fetched - t0,
+                    "client_cpu_s": own_cpu_seconds() - cpu0[0],
+                    "orthanc_cpu_s": cpu_seconds(peer.pid) - cpu0[1],
+                },
+            )
 
         try:
             scp.start()
-            return measure("e-hand", f"by hand: WADO-RS x{HAND_WADO} to files, then storescu "
-                           f"x{POOL} -> {self._pacs}", n, series.total_bytes, self.runs, once)
+            return measure(
+                "e-hand",
+                f"by hand: WADO-RS x{HAND_WADO} to files, then storescu x{POOL} -> {self._pacs}",
+                n,
+                series.total_bytes,
+                self.runs,
+                once,
+            )
         finally:
             scp.stop()
 
     def exporter(self, series: Series, peer: OrthancPeer) -> Measurement:
         n = len(series.instances)
-        label = (f"Pub/Sub -> dicom-adapter exporter (workers {WORKERS}, pool {POOL}) -> "
-                 f"{self._pacs}")
+        label = (
+            f"Pub/Sub -> dicom-adapter exporter (workers {WORKERS}, pool {POOL}) -> {self._pacs}"
+        )
         why_not = exporter_available()
         if why_not:
             return Measurement("e-adapter", label, n, series.total_bytes, error=why_not)
@@ -221,26 +248,37 @@ class ExportBench:
             sub_name = f"export-{run_id}"
             subscription = subscriber.subscription_path(PROJECT, sub_name)
             publisher.create_topic(name=topic, timeout=30)
-            subscriber.create_subscription(name=subscription, topic=topic, ack_deadline_seconds=60,
-                                           timeout=30)
+            subscriber.create_subscription(
+                name=subscription, topic=topic, ack_deadline_seconds=60, timeout=30
+            )
             tmp = self._tmp(f"exporter-{i}")
             adapter: AdapterProcess | None = None
             spy: PySpy | None = None
             try:
-                adapter = AdapterProcess(tmp, {
-                    "site": "bench",
-                    "log": {"format": "json", "level": "WARNING"},
-                    "health": {"enabled": True, "bind": LOOPBACK, "port": free_port()},
-                    "dicomweb": {"url": peer.dicomweb_url, "auth": {"kind": "none"}},
-                    "state_dir": str(tmp / "state"),
-                    "exporter": {
-                        "pubsub": {"project": PROJECT, "subscription": sub_name},
-                        "destination": {"kind": "dimse", "ae_title": scp.aet, "host": LOOPBACK,
-                                        "port": scp.port, "pool_size": POOL},
-                        "state_dir": str(tmp / "export"),
-                        "workers": WORKERS,
+                adapter = AdapterProcess(
+                    tmp,
+                    {
+                        "site": "bench",
+                        "log": {"format": "json", "level": "WARNING"},
+                        "health": {"enabled": True, "bind": LOOPBACK, "port": free_port()},
+                        "dicomweb": {"url": peer.dicomweb_url, "auth": {"kind": "none"}},
+                        "state_dir": str(tmp / "state"),
+                        "exporter": {
+                            "pubsub": {"project": PROJECT, "subscription": sub_name},
+                            "destination": {
+                                "kind": "dimse",
+                                "ae_title": scp.aet,
+                                "host": LOOPBACK,
+                                "port": scp.port,
+                                "pool_size": POOL,
+                            },
+                            "state_dir": str(tmp / "export"),
+                            "workers": WORKERS,
+                        },
                     },
-                }, dimse_port=None, name=f"adapter-e-{i}").start()
+                    dimse_port=None,
+                    name=f"adapter-e-{i}",
+                ).start()
                 if self.profile_dir is not None and i == 0:
                     spy = PySpy(adapter.pid, self.profile_dir / "profile-e-adapter.txt").start()
                 assert peer.pid is not None
@@ -249,8 +287,10 @@ class ExportBench:
                 idle_before = (cpu_seconds(adapter.pid) - idle0) / IDLE_WINDOW
                 cpu0 = (cpu_seconds(adapter.pid), cpu_seconds(peer.pid))
                 t0 = time.monotonic()
-                futures = [publisher.publish(topic, notification_path(x).encode(), action="create")
-                           for x in series.instances]
+                futures = [
+                    publisher.publish(topic, notification_path(x).encode(), action="create")
+                    for x in series.instances
+                ]
                 for f in futures:
                     f.result(timeout=60)
                 published = time.monotonic()
@@ -274,7 +314,8 @@ class ExportBench:
                 idle0 = cpu_seconds(adapter.pid)
                 time.sleep(IDLE_WINDOW)
                 extra["adapter_idle_cores_pool_open"] = (
-                    (cpu_seconds(adapter.pid) - idle0) / IDLE_WINDOW)
+                    cpu_seconds(adapter.pid) - idle0
+                ) / IDLE_WINDOW
                 extra["adapter_idle_cores_before"] = idle_before
                 if spy is not None:
                     spy.stop()

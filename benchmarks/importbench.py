@@ -59,9 +59,12 @@ def importer_available() -> str | None:
 
 def qido_instances(dicomweb: str, study: str, series: str) -> int:
     """How many instances QIDO-RS finds in the series."""
-    r = requests.get(f"{dicomweb}/studies/{study}/series/{series}/instances",
-                     params={"includefield": "00080018"},
-                     headers={"Accept": "application/dicom+json"}, timeout=30)
+    r = requests.get(
+        f"{dicomweb}/studies/{study}/series/{series}/instances",
+        params={"includefield": "00080018"},
+        headers={"Accept": "application/dicom+json"},
+        timeout=30,
+    )
     if r.status_code == 204 or not r.content.strip():
         return 0
     r.raise_for_status()
@@ -75,8 +78,7 @@ def java_uid(uid: str) -> str:
     return f"2.25.{int.from_bytes(b, 'big')}"
 
 
-def wait_queryable(peer: OrthancPeer, series: Series, timeout: float,
-                   deid: bool = False) -> float:
+def wait_queryable(peer: OrthancPeer, series: Series, timeout: float, deid: bool = False) -> float:
     """Poll Orthanc's /statistics every 10 ms until it counts every instance, then check that
     QIDO finds them all; returns the monotonic time at which the count was first complete (the
     QIDO query itself, 50-100 ms for 300 instances, is not the adapter's time; ``deid``: look
@@ -99,8 +101,9 @@ def wait_queryable(peer: OrthancPeer, series: Series, timeout: float,
     try:
         return poll(done, timeout, f"{expected} instances queryable in Orthanc", interval=0.01)
     except TimeoutError as exc:
-        raise TimeoutError(f"{exc} (Orthanc counted {seen['count']}, QIDO found "
-                           f"{seen['qido']})") from None
+        raise TimeoutError(
+            f"{exc} (Orthanc counted {seen['count']}, QIDO found {seen['qido']})"
+        ) from None
 
 
 def _children_cpu_seconds() -> float:
@@ -140,8 +143,14 @@ class ImportBench:
 
         try:
             scp.start()
-            return measure(key, "storescu -> storescp --ignore (1 assoc)", n,
-                           series.total_bytes, self.runs, once)
+            return measure(
+                key,
+                "storescu -> storescp --ignore (1 assoc)",
+                n,
+                series.total_bytes,
+                self.runs,
+                once,
+            )
         finally:
             scp.stop()
 
@@ -152,8 +161,11 @@ class ImportBench:
         key = f"p-a{associations}"
         tmp = self._tmp(key)
         port = free_port()
-        proc = spawn([sys.executable, "-m", "benchmarks.bare_scp", str(port)],
-                     tmp / "bare_scp.log", cwd=Path(__file__).resolve().parent.parent)
+        proc = spawn(
+            [sys.executable, "-m", "benchmarks.bare_scp", str(port)],
+            tmp / "bare_scp.log",
+            cwd=Path(__file__).resolve().parent.parent,
+        )
         groups = _groups(series.paths, associations)
 
         def once(_i: int) -> Timed:
@@ -169,22 +181,36 @@ class ImportBench:
             poll(lambda: is_listening(port) or describe_exit(proc), 30, "bare pynetdicom SCP")
             if proc.poll() is not None:
                 raise RuntimeError(f"bare_scp exited: {tail(tmp / 'bare_scp.log')}")
-            return measure(key, f"storescu x{associations} -> bare pynetdicom SCP (no spool)",
-                           n, series.total_bytes, self.runs, once)
+            return measure(
+                key,
+                f"storescu x{associations} -> bare pynetdicom SCP (no spool)",
+                n,
+                series.total_bytes,
+                self.runs,
+                once,
+            )
         except Exception as exc:  # a setup failure is a failed row, not a crash
             return Measurement(key, "bare pynetdicom SCP", n, series.total_bytes, error=str(exc))
         finally:
             stop_process(proc, timeout=10)
 
     # ---------------------------------------------------------------- (b)
-    def stow_direct(self, series: Series, variant: str, concurrency: int,
-                    key: str | None = None, rtt: float | None = None,
-                    batch: int = BATCH) -> Measurement:
+    def stow_direct(
+        self,
+        series: Series,
+        variant: str,
+        concurrency: int,
+        key: str | None = None,
+        rtt: float | None = None,
+        batch: int = BATCH,
+    ) -> Measurement:
         """``rtt``: through a DelayProxy adding that round trip to every request."""
         n = len(series.instances)
         key = key or f"b-{variant}-c{concurrency}"
-        label = (f"STOW-RS -> {'+' + format(rtt * 1000, '.0f') + ' ms proxy -> ' if rtt else ''}"
-                 f"Orthanc, {variant}, batch {min(batch, n)}, concurrency {concurrency}")
+        label = (
+            f"STOW-RS -> {'+' + format(rtt * 1000, '.0f') + ' ms proxy -> ' if rtt else ''}"
+            f"Orthanc, {variant}, batch {min(batch, n)}, concurrency {concurrency}"
+        )
         why_not = stow_client_available() if variant == "StowClient" else None
         if why_not:
             return Measurement(key, label, n, series.total_bytes, error=why_not)
@@ -204,12 +230,15 @@ class ImportBench:
                 t0 = time.monotonic()
                 stored = post(url, series.instances, batch, concurrency)
                 elapsed = time.monotonic() - t0
-                cpu = {"orthanc_cpu_s": cpu_seconds(peer.pid) - cpu0,
-                       "client_cpu_s": own_cpu_seconds() - own0}
+                cpu = {
+                    "orthanc_cpu_s": cpu_seconds(peer.pid) - cpu0,
+                    "client_cpu_s": own_cpu_seconds() - own0,
+                }
                 count = peer.instance_count()
                 if stored != n or count != n:
-                    raise RuntimeError(f"{stored} stored by the answers, {count} in Orthanc, "
-                                       f"expected {n}")
+                    raise RuntimeError(
+                        f"{stored} stored by the answers, {count} in Orthanc, expected {n}"
+                    )
                 return Timed(elapsed, cpu)
             finally:
                 if proxy is not None:
@@ -223,8 +252,10 @@ class ImportBench:
         ``concurrency`` requests in flight), on the same cores as everything else."""
         n = len(series.instances)
         key = "b-two-stores"
-        label = f"STOW-RS -> 2 Orthancs at once, StowClient, batch {min(BATCH, n)}, " \
-                f"concurrency {concurrency} each"
+        label = (
+            f"STOW-RS -> 2 Orthancs at once, StowClient, batch {min(BATCH, n)}, "
+            f"concurrency {concurrency} each"
+        )
         why_not = stow_client_available()
         if why_not:
             return Measurement(key, label, n, series.total_bytes, error=why_not)
@@ -234,8 +265,14 @@ class ImportBench:
             peers = [fresh_orthanc(self._tmp(f"orthanc-{key}-{i}-{j}")) for j in range(2)]
             try:
                 stored: list[int] = []
-                threads = [threading.Thread(target=lambda url=p.dicomweb_url: stored.append(
-                    post(url, series.instances, BATCH, concurrency))) for p in peers]
+                threads = [
+                    threading.Thread(
+                        target=lambda url=p.dicomweb_url: stored.append(
+                            post(url, series.instances, BATCH, concurrency)
+                        )
+                    )
+                    for p in peers
+                ]
                 t0 = time.monotonic()
                 for t in threads:
                     t.start()
@@ -252,10 +289,17 @@ class ImportBench:
         return measure(key, label, n, series.total_bytes, self.runs, once)
 
     # ---------------------------------------------------------------- (c), (d)
-    def _adapter(self, workdir: Path, peer: OrthancPeer, workers: int,
-                 processes: int = 1, second: OrthancPeer | None = None,
-                 ack: str = "after-spool", url: str | None = None,
-                 deid: bool = False) -> AdapterProcess:
+    def _adapter(
+        self,
+        workdir: Path,
+        peer: OrthancPeer,
+        workers: int,
+        processes: int = 1,
+        second: OrthancPeer | None = None,
+        ack: str = "after-spool",
+        url: str | None = None,
+        deid: bool = False,
+    ) -> AdapterProcess:
         """The importer as the brief's site YAML describes it, on free ports; ``processes`` >
         1: that many receiving processes (importer.dimse.processes); ``second``: fan every
         instance out to that store too (a second DICOMweb destination with its own outbox);
@@ -278,21 +322,35 @@ class ImportBench:
             },
         }
         if second is not None:
-            config["destinations"] = {"second": {
-                "kind": "dicomweb", "url": second.dicomweb_url, "auth": {"kind": "none"},
-                "delivery": {"workers": workers, "batch_max_instances": BATCH},
-            }}
+            config["destinations"] = {
+                "second": {
+                    "kind": "dicomweb",
+                    "url": second.dicomweb_url,
+                    "auth": {"kind": "none"},
+                    "delivery": {"workers": workers, "batch_max_instances": BATCH},
+                }
+            }
             config["importer"]["routing"] = {"default": ["store", "second"]}
         if deid:
             config["stages"] = {"research": {"kind": "deidentify"}}
             config["importer"]["routing"] = {"default_stages": ["research"]}
-        return AdapterProcess(workdir / "adapter", config, dimse_port=dimse_port,
-                              name=f"adapter-{workdir.name}").start()
+        return AdapterProcess(
+            workdir / "adapter", config, dimse_port=dimse_port, name=f"adapter-{workdir.name}"
+        ).start()
 
-    def through_adapter(self, series: Series, associations: int, workers: int = 4,
-                        processes: int = 1, fan_out: bool = False, ack: str = "after-spool",
-                        rtt: float | None = None, key: str | None = None,
-                        unreachable: bool = False, deid: bool = False) -> Measurement:
+    def through_adapter(
+        self,
+        series: Series,
+        associations: int,
+        workers: int = 4,
+        processes: int = 1,
+        fan_out: bool = False,
+        ack: str = "after-spool",
+        rtt: float | None = None,
+        key: str | None = None,
+        unreachable: bool = False,
+        deid: bool = False,
+    ) -> Measurement:
         """``rtt``: the store behind a DelayProxy adding that round trip; ``unreachable``:
         the store accepts connections and never reads (receive, make durable and route only:
         timed until storescu has every acknowledgement)."""
@@ -301,22 +359,30 @@ class ImportBench:
         key = key or default_key
         label = f"storescu x{associations} -> dicom-adapter -> Orthanc, until QIDO finds all"
         if ack != "after-spool" or rtt is not None:
-            label = (f"storescu x{associations} -> dicom-adapter ({ack}) -> "
-                     f"{'+' + format(rtt * 1000, '.0f') + ' ms proxy -> ' if rtt else ''}"
-                     "Orthanc, until QIDO finds all")
+            label = (
+                f"storescu x{associations} -> dicom-adapter ({ack}) -> "
+                f"{'+' + format(rtt * 1000, '.0f') + ' ms proxy -> ' if rtt else ''}"
+                "Orthanc, until QIDO finds all"
+            )
         if unreachable:
-            label = (f"storescu x{associations} -> dicom-adapter, store never answers: "
-                     "receive only, until all acked")
+            label = (
+                f"storescu x{associations} -> dicom-adapter, store never answers: "
+                "receive only, until all acked"
+            )
         if processes > 1:
             label += f" ({processes} receiving processes)"
         if fan_out:
             key += "-fan2"
-            label = (f"storescu x{associations} -> dicom-adapter -> 2 Orthancs (fan-out), "
-                     "until QIDO finds all in both")
+            label = (
+                f"storescu x{associations} -> dicom-adapter -> 2 Orthancs (fan-out), "
+                "until QIDO finds all in both"
+            )
         if deid:
             key += "-deid"
-            label = (f"storescu x{associations} -> dicom-adapter (de-identify, PS3.15 basic "
-                     "profile) -> Orthanc, until QIDO finds all")
+            label = (
+                f"storescu x{associations} -> dicom-adapter (de-identify, PS3.15 basic "
+                "profile) -> Orthanc, until QIDO finds all"
+            )
         why_not = importer_available()
         if why_not:
             return Measurement(key, label, n, series.total_bytes, error=why_not)
@@ -339,8 +405,9 @@ class ImportBench:
                 if rtt is not None:
                     proxy = ProxyProcess(peer.dicomweb_url, rtt, tmp / "proxy.log").start()
                     url = proxy.url
-                adapter = self._adapter(tmp, peer, workers, processes, second,
-                                             ack=ack, url=url, deid=deid)
+                adapter = self._adapter(
+                    tmp, peer, workers, processes, second, ack=ack, url=url, deid=deid
+                )
                 say(f"{key}: sending {n} instances over {associations} association(s)")
                 if self.profile_dir is not None and i == 0:
                     spy = PySpy(adapter.pid, self.profile_dir / f"profile-{key}.txt").start()
@@ -348,18 +415,25 @@ class ImportBench:
                 cpu0 = (cpu_seconds(adapter.pid), cpu_seconds(peer.pid))
                 senders0 = _children_cpu_seconds()
                 t0 = time.monotonic()
-                ok = run_storescu_groups(adapter.dimse_port or 0, groups, ADAPTER_AET,
-                                         timeout=120 + n)
+                ok = run_storescu_groups(
+                    adapter.dimse_port or 0, groups, ADAPTER_AET, timeout=120 + n
+                )
                 acked = time.monotonic()
                 sender_cpu = _children_cpu_seconds() - senders0
                 if ok != n:
-                    raise RuntimeError(f"storescu: {ok} of {n} acknowledged; adapter log: "
-                                       f"{adapter.log_tail()}")
+                    raise RuntimeError(
+                        f"storescu: {ok} of {n} acknowledged; adapter log: {adapter.log_tail()}"
+                    )
                 cpu_acked = cpu_seconds(adapter.pid) - cpu0[0]
                 if unreachable:
-                    return Timed(acked - t0, {"ack_seconds": acked - t0,
-                                              "adapter_cpu_s": cpu_acked,
-                                              "adapter_cpu_acked_s": cpu_acked})
+                    return Timed(
+                        acked - t0,
+                        {
+                            "ack_seconds": acked - t0,
+                            "adapter_cpu_s": cpu_acked,
+                            "adapter_cpu_acked_s": cpu_acked,
+                        },
+                    )
                 done = wait_queryable(peer, series, timeout=120 + n, deid=deid)
                 if second is not None:
                     done = max(done, wait_queryable(second, series, timeout=120 + n))
@@ -410,22 +484,26 @@ class ImportBench:
                 cpu0 = (cpu_seconds(adapter.pid), cpu_seconds(peer.pid))
                 with RssSampler(adapter.pid) as rss:
                     t0 = time.monotonic()
-                    ok = run_storescu(adapter.dimse_port or 0, [big.path], ADAPTER_AET,
-                                      timeout=120 + mb)
+                    ok = run_storescu(
+                        adapter.dimse_port or 0, [big.path], ADAPTER_AET, timeout=120 + mb
+                    )
                     acked = time.monotonic()
                     if ok != 1:
                         raise RuntimeError(f"storescu: not acknowledged; {adapter.log_tail()}")
                     done = wait_queryable(peer, single, timeout=120 + mb)
                 kib = 1024 / 1e6  # KiB -> MB
-                return Timed(done - t0, {
-                    "ack_seconds": acked - t0,
-                    "adapter_cpu_s": cpu_seconds(adapter.pid) - cpu0[0],
-                    "orthanc_cpu_s": cpu_seconds(peer.pid) - cpu0[1],
-                    "baseline_rss_mb": rss.baseline_kib * kib,
-                    "peak_rss_mb": rss.peak_rss_kib * kib,
-                    "vmhwm_mb": rss.hwm_kib * kib,
-                    "rss_samples": rss.samples,
-                })
+                return Timed(
+                    done - t0,
+                    {
+                        "ack_seconds": acked - t0,
+                        "adapter_cpu_s": cpu_seconds(adapter.pid) - cpu0[0],
+                        "orthanc_cpu_s": cpu_seconds(peer.pid) - cpu0[1],
+                        "baseline_rss_mb": rss.baseline_kib * kib,
+                        "peak_rss_mb": rss.peak_rss_kib * kib,
+                        "vmhwm_mb": rss.hwm_kib * kib,
+                        "rss_samples": rss.samples,
+                    },
+                )
             finally:
                 if adapter is not None:
                     adapter.stop()

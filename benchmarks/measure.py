@@ -62,15 +62,24 @@ class Measurement:
 
     def as_json(self) -> dict[str, Any]:
         return {
-            "key": self.key, "label": self.label, "instances": self.instances,
-            "bytes": self.nbytes, "median_seconds": self.median,
-            "instances_per_second": self.per_second, "mb_per_second": self.mb_per_second,
-            "runs": [{"seconds": r.seconds, **r.extra} for r in self.runs], "error": self.error,
+            "key": self.key,
+            "label": self.label,
+            "instances": self.instances,
+            "bytes": self.nbytes,
+            "median_seconds": self.median,
+            "instances_per_second": self.per_second,
+            "mb_per_second": self.mb_per_second,
+            "runs": [{"seconds": r.seconds, **r.extra} for r in self.runs],
+            "error": self.error,
         }
 
 
 def measure(
-    key: str, label: str, instances: int, nbytes: int, runs: int,
+    key: str,
+    label: str,
+    instances: int,
+    nbytes: int,
+    runs: int,
     once: Callable[[int], Timed],
 ) -> Measurement:
     """Call ``once(run_index)`` ``runs`` times; the first failure ends the row with its error
@@ -87,6 +96,8 @@ def measure(
             break
         m.runs.append(result)
         rate = instances / result.seconds if result.seconds else 0.0
-        say(f"{key}: {result.seconds:.2f}s ({rate:.1f} instances/s, "
-            f"{nbytes / 1e6 / result.seconds if result.seconds else 0:.1f} MB/s)")
+        say(
+            f"{key}: {result.seconds:.2f}s ({rate:.1f} instances/s, "
+            f"{nbytes / 1e6 / result.seconds if result.seconds else 0:.1f} MB/s)"
+        )
     return m

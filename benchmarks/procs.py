@@ -101,8 +101,12 @@ class StoreScp:
             cmd.append(str(self.port))
             self.proc = spawn(cmd, self.workdir / "storescp.log", env=dcmtk_env())
             with contextlib.suppress(TimeoutError):
-                wait_until(lambda: is_listening(self.port) or describe_exit(self.proc),
-                           timeout=15, interval=0.05, what=f"storescp on {self.port}")
+                wait_until(
+                    lambda: is_listening(self.port) or describe_exit(self.proc),
+                    timeout=15,
+                    interval=0.05,
+                    what=f"storescp on {self.port}",
+                )
                 if self.proc.poll() is None:
                     return self
             stop_process(self.proc, timeout=2)
@@ -128,8 +132,19 @@ class StoreScp:
 
 
 def _storescu_cmd(port: int, files: Sequence[Path], called: str) -> list[str]:
-    return [str(DCMTK_BIN / "storescu"), "-v", "-aet", "BENCHSCU", "-aec", called, "-to", "60",
-            LOOPBACK, str(port), *map(str, files)]
+    return [
+        str(DCMTK_BIN / "storescu"),
+        "-v",
+        "-aet",
+        "BENCHSCU",
+        "-aec",
+        called,
+        "-to",
+        "60",
+        LOOPBACK,
+        str(port),
+        *map(str, files),
+    ]
 
 
 def run_storescu_groups(
@@ -143,9 +158,18 @@ def run_storescu_groups(
             for i, group in enumerate(g for g in groups if g):
                 log = Path(tmp) / f"scu{i}.log"
                 with open(log, "wb") as out:
-                    procs.append((subprocess.Popen(
-                        _storescu_cmd(port, group, called), stdout=out, stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL, env=dcmtk_env()), log))
+                    procs.append(
+                        (
+                            subprocess.Popen(
+                                _storescu_cmd(port, group, called),
+                                stdout=out,
+                                stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL,
+                                env=dcmtk_env(),
+                            ),
+                            log,
+                        )
+                    )
             deadline = time.monotonic() + timeout
             ok = 0
             for proc, log in procs:
@@ -203,12 +227,27 @@ class ProxyProcess:
     def start(self) -> ProxyProcess:
         for _attempt in range(3):
             self.port = free_port()
-            self.proc = spawn([sys.executable, "-m", "benchmarks.delay_proxy", self.upstream,
-                               "--port", str(self.port), "--rtt-ms", str(self.rtt * 1000)],
-                              self.log, cwd=REPO)
+            self.proc = spawn(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.delay_proxy",
+                    self.upstream,
+                    "--port",
+                    str(self.port),
+                    "--rtt-ms",
+                    str(self.rtt * 1000),
+                ],
+                self.log,
+                cwd=REPO,
+            )
             with contextlib.suppress(TimeoutError):
-                wait_until(lambda: is_listening(self.port) or describe_exit(self.proc),
-                           timeout=15, interval=0.05, what=f"delay proxy on {self.port}")
+                wait_until(
+                    lambda: is_listening(self.port) or describe_exit(self.proc),
+                    timeout=15,
+                    interval=0.05,
+                    what=f"delay proxy on {self.port}",
+                )
                 if self.proc.poll() is None:
                     return self
             stop_process(self.proc, timeout=2)
@@ -277,8 +316,9 @@ class RssSampler:
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
     def current(self) -> int:
-        return sum(_status_kib(p, ("VmRSS",)).get("VmRSS", 0)
-                   for p in [self.pid, *_descendants(self.pid)])
+        return sum(
+            _status_kib(p, ("VmRSS",)).get("VmRSS", 0) for p in [self.pid, *_descendants(self.pid)]
+        )
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
@@ -307,8 +347,15 @@ class AdapterProcess:
     log_level: str | None = None
     logs_dir: Path | None = None
 
-    def __init__(self, workdir: Path, config: Mapping[str, Any], *, dimse_port: int | None,
-                 name: str, ready_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: Mapping[str, Any],
+        *,
+        dimse_port: int | None,
+        name: str,
+        ready_timeout: float = 60.0,
+    ) -> None:
         self.workdir = workdir
         self.name = name
         self.config = dict(config)
@@ -334,8 +381,11 @@ class AdapterProcess:
         cfg_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         if not ADAPTER_BIN.exists():
             raise RuntimeError(f"{ADAPTER_BIN} missing: pip install -e . into the venv")
-        self.proc = spawn([str(ADAPTER_BIN), "run", "--config", str(cfg_path)], self.log_path,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.proc = spawn(
+            [str(ADAPTER_BIN), "run", "--config", str(cfg_path)],
+            self.log_path,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
 
         def ready() -> bool:
             if describe_exit(self.proc):
@@ -351,8 +401,10 @@ class AdapterProcess:
                 if describe_exit(self.proc):
                     raise RuntimeError(f"dicom-adapter exited: {tail(self.log_path, 3000)}")
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"dicom-adapter not ready after {self.ready_timeout:.0f}s:"
-                                       f" {tail(self.log_path, 3000)}")
+                    raise TimeoutError(
+                        f"dicom-adapter not ready after {self.ready_timeout:.0f}s:"
+                        f" {tail(self.log_path, 3000)}"
+                    )
                 time.sleep(0.1)
         except BaseException:
             self.stop()

@@ -46,10 +46,24 @@ class PySpy:
         log = open(self.out.with_suffix(".log"), "wb")  # noqa: SIM115 - closed with the process
         with log:
             self.proc = subprocess.Popen(
-                [exe, "record", "--pid", str(self.pid), "--rate", str(self.rate),
-                 "--subprocesses", "--nonblocking", "--format", "raw", "-o", str(self.out),
-                 *(["--idle"] if self.idle else [])],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    exe,
+                    "record",
+                    "--pid",
+                    str(self.pid),
+                    "--rate",
+                    str(self.rate),
+                    "--subprocesses",
+                    "--nonblocking",
+                    "--format",
+                    "raw",
+                    "-o",
+                    str(self.out),
+                    *(["--idle"] if self.idle else []),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         return self
 
@@ -100,5 +114,9 @@ def summarise(raw: Path, top: int = 15) -> dict[str, Any]:
     def share(counter: collections.Counter[str]) -> list[tuple[str, float]]:
         return [(name, round(100.0 * c / total, 1)) for name, c in counter.most_common(top)]
 
-    return {"samples": total, "self_percent": share(self_counts),
-            "inclusive_percent": share(incl_counts), "raw": str(raw)}
+    return {
+        "samples": total,
+        "self_percent": share(self_counts),
+        "inclusive_percent": share(incl_counts),
+        "raw": str(raw),
+    }

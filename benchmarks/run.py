@@ -23,8 +23,11 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 _VENV_PYTHON = HERE.parent / ".venv" / "bin" / "python"
-if (_VENV_PYTHON.exists() and Path(sys.prefix).resolve() != _VENV_PYTHON.parent.parent.resolve()
-        and not os.environ.get("BENCH_NO_REEXEC")):
+if (
+    _VENV_PYTHON.exists()
+    and Path(sys.prefix).resolve() != _VENV_PYTHON.parent.parent.resolve()
+    and not os.environ.get("BENCH_NO_REEXEC")
+):
     # `python benchmarks/run.py` with another interpreter: use the project's venv instead.
     os.environ["BENCH_NO_REEXEC"] = "1"
     os.execv(str(_VENV_PYTHON), [str(_VENV_PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]])
@@ -56,8 +59,10 @@ def _first_line(cmd: list[str]) -> str:
 def machine() -> dict[str, Any]:
     """What the figures depend on: CPU, memory, load, tool versions."""
     cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
-    model = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines()
-                  if ln.startswith("model name")), platform.processor())
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if ln.startswith("model name")),
+        platform.processor(),
+    )
     meminfo = Path("/proc/meminfo").read_text()
     mem_kib = next(int(ln.split()[1]) for ln in meminfo.splitlines() if ln.startswith("MemTotal"))
 
@@ -76,8 +81,9 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "dcmtk": _first_line(["/usr/bin/storescu", "--version"]).strip("$ "),
         "orthanc": _first_line(["/usr/sbin/Orthanc", "--version"]),
-        "orthanc_dicomweb": _first_line(["dpkg-query", "-W", "-f", "${Version}",
-                                         "orthanc-dicomweb"]),
+        "orthanc_dicomweb": _first_line(
+            ["dpkg-query", "-W", "-f", "${Version}", "orthanc-dicomweb"]
+        ),
         "pydicom": version("pydicom"),
         "pynetdicom": version("pynetdicom"),
         "requests": version("requests"),
@@ -95,14 +101,18 @@ def table(rows: list[Measurement]) -> str:
     lines = [head, "-" * len(head)]
     for m in rows:
         if m.error and not m.runs:
-            lines.append(f"{m.key:<16} {m.instances:>5} {m.nbytes / 1e6:>7.1f} "
-                         f"{'n/a':>9} {'':>8} {'':>7}  {m.label} -- NOT RUN: {m.error}")
+            lines.append(
+                f"{m.key:<16} {m.instances:>5} {m.nbytes / 1e6:>7.1f} "
+                f"{'n/a':>9} {'':>8} {'':>7}  {m.label} -- NOT RUN: {m.error}"
+            )
             continue
         runs = ", ".join(f"{r.seconds:.2f}" for r in m.runs)
-        lines.append(f"{m.key:<16} {m.instances:>5} {m.nbytes / 1e6:>7.1f} "
-                     f"{_fmt(m.median, 2):>9} {_fmt(m.per_second):>8} "
-                     f"{_fmt(m.mb_per_second):>7}  {m.label} [runs: {runs}]"
-                     + (f" (FAILED after {len(m.runs)} runs)" if m.error else ""))
+        lines.append(
+            f"{m.key:<16} {m.instances:>5} {m.nbytes / 1e6:>7.1f} "
+            f"{_fmt(m.median, 2):>9} {_fmt(m.per_second):>8} "
+            f"{_fmt(m.mb_per_second):>7}  {m.label} [runs: {runs}]"
+            + (f" (FAILED after {len(m.runs)} runs)" if m.error else "")
+        )
     return "\n".join(lines)
 
 
@@ -120,9 +130,14 @@ def cpu_lines(rows: list[Measurement]) -> list[str]:
         adapter = m.extra_median("adapter_cpu_s")
         acked = m.extra_median("adapter_cpu_acked_s")
         if adapter is not None and m.instances:
-            parts.append(f"adapter {adapter * 1000 / m.instances:.2f} ms CPU/instance"
-                         + (f" ({acked * 1000 / m.instances:.2f} until all acked)"
-                            if acked is not None else ""))
+            parts.append(
+                f"adapter {adapter * 1000 / m.instances:.2f} ms CPU/instance"
+                + (
+                    f" ({acked * 1000 / m.instances:.2f} until all acked)"
+                    if acked is not None
+                    else ""
+                )
+            )
         if parts:
             out.append(f"{m.key:<16} cores busy: {', '.join(parts)}")
     return out
@@ -141,8 +156,10 @@ def verdicts(rows: dict[str, Measurement]) -> list[str]:
     if a or b_rates:
         b_key = max(b_rates, key=lambda k: b_rates[k]) if b_rates else None
         limit = min(x for x in (a, b_rates.get(b_key) if b_key else None) if x)
-        out.append(f"import limit = min(a {_fmt(a)}, best b {_fmt(b_rates.get(b_key or ''))} "
-                   f"[{b_key}]) = {limit:.1f} instances/s")
+        out.append(
+            f"import limit = min(a {_fmt(a)}, best b {_fmt(b_rates.get(b_key or ''))} "
+            f"[{b_key}]) = {limit:.1f} instances/s"
+        )
         for key in ("c-a1", "c-a8", "c-a8-p2"):
             c = _rate(rows, key)
             if c:
@@ -150,60 +167,96 @@ def verdicts(rows: dict[str, Measurement]) -> list[str]:
                 met = "MET" if ratio >= RATIO_TARGET else "NOT MET"
                 target = f" (target >= {RATIO_TARGET}: {met})" if key != "c-a1" else ""
                 ack = rows[key].extra_median("ack_seconds")
-                out.append(f"ratio {key} / limit = {ratio:.2f}{target}; storescu all acked "
-                           f"after {_fmt(ack, 2)} s (median)")
+                out.append(
+                    f"ratio {key} / limit = {ratio:.2f}{target}; storescu all acked "
+                    f"after {_fmt(ack, 2)} s (median)"
+                )
     single, fan = _rate(rows, "c-a8"), _rate(rows, "c-a8-fan2")
     if single and fan:
         ratio = fan / single
-        out.append(f"fan-out ratio c-a8-fan2 / c-a8 = {ratio:.2f} (two DICOMweb destinations "
-                   f"against one, same run; target >= 0.8: {'MET' if ratio >= 0.8 else 'NOT MET'})")
+        out.append(
+            f"fan-out ratio c-a8-fan2 / c-a8 = {ratio:.2f} (two DICOMweb destinations "
+            f"against one, same run; target >= 0.8: {'MET' if ratio >= 0.8 else 'NOT MET'})"
+        )
         two, one = _rate(rows, "b-two-stores"), _rate(rows, "b-StowClient-c4")
         if two and one:
-            out.append(f"  the stores' own fan-out cost: b-two-stores / b-StowClient-c4 = "
-                       f"{two / one:.2f}; c-a8-fan2 / b-two-stores = {fan / two:.2f}")
+            out.append(
+                f"  the stores' own fan-out cost: b-two-stores / b-StowClient-c4 = "
+                f"{two / one:.2f}; c-a8-fan2 / b-two-stores = {fan / two:.2f}"
+            )
     deid = _rate(rows, "c-a8-deid")
     if single and deid:
         ratio = deid / single
-        out.append(f"de-identification ratio c-a8-deid / c-a8 = {ratio:.2f} (PS3.15 basic "
-                   f"profile on the default route, same run; target >= 0.8: "
-                   f"{'MET' if ratio >= 0.8 else 'NOT MET'})")
+        out.append(
+            f"de-identification ratio c-a8-deid / c-a8 = {ratio:.2f} (PS3.15 basic "
+            f"profile on the default route, same run; target >= 0.8: "
+            f"{'MET' if ratio >= 0.8 else 'NOT MET'})"
+        )
     d = rows.get("d")
     if d is not None and d.runs:
         peak = d.extra_max("peak_rss_mb")
         verdict = "MET" if peak is not None and peak < RSS_TARGET_MB else "NOT MET"
-        out.append(f"d: peak RSS (adapter + children, sampled every 20 ms) {_fmt(peak)} MB max "
-                   f"over runs, VmHWM {_fmt(d.extra_max('vmhwm_mb'))} MB, idle "
-                   f"{_fmt(d.extra_median('baseline_rss_mb'))} MB "
-                   f"(target < {RSS_TARGET_MB:.0f} MB: {verdict})")
+        out.append(
+            f"d: peak RSS (adapter + children, sampled every 20 ms) {_fmt(peak)} MB max "
+            f"over runs, VmHWM {_fmt(d.extra_max('vmhwm_mb'))} MB, idle "
+            f"{_fmt(d.extra_median('baseline_rss_mb'))} MB "
+            f"(target < {RSS_TARGET_MB:.0f} MB: {verdict})"
+        )
     hand, exp = _rate(rows, "e-hand"), _rate(rows, "e-adapter")
     if hand and exp:
         ratio = exp / hand
-        out.append(f"export ratio exporter / by hand = {ratio:.2f} (target >= {RATIO_TARGET}: "
-                   f"{'MET' if ratio >= RATIO_TARGET else 'NOT MET'})")
+        out.append(
+            f"export ratio exporter / by hand = {ratio:.2f} (target >= {RATIO_TARGET}: "
+            f"{'MET' if ratio >= RATIO_TARGET else 'NOT MET'})"
+        )
     return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--instances", type=int, help="CT instances in the series (default 500)")
-    p.add_argument("--big-mb", type=int, help="MiB of the multi-frame instance (default 1024; "
-                   "0 skips row d)")
+    p.add_argument(
+        "--big-mb", type=int, help="MiB of the multi-frame instance (default 1024; 0 skips row d)"
+    )
     p.add_argument("--runs", type=int, help="runs per row; the table shows medians (default 3)")
-    p.add_argument("--quick", action="store_true",
-                   help="small sizes for development: 50 instances, 50 MiB, 1 run")
-    p.add_argument("--only", choices=["import", "export", "cloud"],
-                   help="only one direction, or only the cloud-like rows (delay proxy)")
-    p.add_argument("--rtt-ms", type=float, default=50.0,
-                   help="round trip the delay proxy adds to each STOW-RS (cloud rows; 0 skips)")
-    p.add_argument("--profile", action="store_true",
-                   help="attach py-spy to the adapter during the first run of c-a8 and e-adapter")
-    p.add_argument("--profile-idle", action="store_true",
-                   help="with --profile: sample waiting threads too (wall-clock view)")
-    p.add_argument("--pacs-serial", action="store_true",
-                   help="export to a storescp without --fork (one association at a time)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes for development: 50 instances, 50 MiB, 1 run",
+    )
+    p.add_argument(
+        "--only",
+        choices=["import", "export", "cloud"],
+        help="only one direction, or only the cloud-like rows (delay proxy)",
+    )
+    p.add_argument(
+        "--rtt-ms",
+        type=float,
+        default=50.0,
+        help="round trip the delay proxy adds to each STOW-RS (cloud rows; 0 skips)",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="attach py-spy to the adapter during the first run of c-a8 and e-adapter",
+    )
+    p.add_argument(
+        "--profile-idle",
+        action="store_true",
+        help="with --profile: sample waiting threads too (wall-clock view)",
+    )
+    p.add_argument(
+        "--pacs-serial",
+        action="store_true",
+        help="export to a storescp without --fork (one association at a time)",
+    )
     p.add_argument("--workdir", type=Path, help="scratch dir (default: a new temp dir)")
-    p.add_argument("--adapter-log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                   default="WARNING", help="the adapter's log level (logs: out/logs/)")
+    p.add_argument(
+        "--adapter-log-level",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        default="WARNING",
+        help="the adapter's log level (logs: out/logs/)",
+    )
     args = p.parse_args(argv)
     quick = args.quick
     args.instances = args.instances or (50 if quick else 500)
@@ -219,8 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     started = dt.datetime.now().astimezone()
     info = machine()
-    say(f"machine: {info['nproc']} CPUs ({info['cpu_model']}), {info['memory_gib']} GiB, "
-        f"load {info['loadavg_at_start']}; {info['dcmtk']}; {info['orthanc']}")
+    say(
+        f"machine: {info['nproc']} CPUs ({info['cpu_model']}), {info['memory_gib']} GiB, "
+        f"load {info['loadavg_at_start']}; {info['dcmtk']}; {info['orthanc']}"
+    )
     say(f"data: {args.instances} CT instances, {args.big_mb} MiB multi-frame; runs: {args.runs}")
     PySpy.idle = args.profile_idle
     AdapterProcess.log_level = args.adapter_log_level
@@ -232,8 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Measurement] = []
     try:
         if args.only in (None, "import"):
-            bench = ImportBench(workdir / "import", args.runs,
-                                profile_dir=OUT if args.profile else None)
+            bench = ImportBench(
+                workdir / "import", args.runs, profile_dir=OUT if args.profile else None
+            )
             rows.append(bench.dcmtk_to_dcmtk(series))
             for variant in ("requests", "StowClient"):
                 for concurrency in (1, 4):
@@ -257,8 +313,12 @@ def main(argv: list[str] | None = None) -> int:
             bench = ImportBench(workdir / "cloud", args.runs)
             rows += cloud_rows(bench, series, args.rtt_ms / 1000)
         if args.only in (None, "export"):
-            export = ExportBench(workdir / "export", args.runs, pacs_fork=not args.pacs_serial,
-                                 profile_dir=OUT if args.profile else None)
+            export = ExportBench(
+                workdir / "export",
+                args.runs,
+                pacs_fork=not args.pacs_serial,
+                profile_dir=OUT if args.profile else None,
+            )
             peer = export.seed(series)
             try:
                 rows.append(export.by_hand(series, peer))
@@ -272,9 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     summary = verdicts(by_key) + cloud_verdicts(by_key)
     info["loadavg_at_end"] = os.getloadavg()
     print()
-    print(f"dicom-adapter benchmarks, {started:%Y-%m-%d %H:%M %Z}; {info['nproc']} CPUs "
-          f"{info['cpu_model']}, {info['memory_gib']} GiB; {info['dcmtk']}; {info['orthanc']} + "
-          f"DICOMweb {info['orthanc_dicomweb']}; TCP_NODELAY=1 for dcmtk; medians of {args.runs}")
+    print(
+        f"dicom-adapter benchmarks, {started:%Y-%m-%d %H:%M %Z}; {info['nproc']} CPUs "
+        f"{info['cpu_model']}, {info['memory_gib']} GiB; {info['dcmtk']}; {info['orthanc']} + "
+        f"DICOMweb {info['orthanc_dicomweb']}; TCP_NODELAY=1 for dcmtk; medians of {args.runs}"
+    )
     print(table(rows))
     for line in summary:
         print("  " + line)
@@ -288,17 +350,34 @@ def main(argv: list[str] | None = None) -> int:
                 for name, pct in prof["self_percent"][:12]:
                     print(f"    {pct:5.1f}%  {name}")
     result = {
-        "started": started.isoformat(), "machine": info,
-        "parameters": {"instances": args.instances, "big_mb": args.big_mb, "runs": args.runs,
-                       "only": args.only, "stow_batch": 20, "rtt_ms": args.rtt_ms},
-        "rows": [m.as_json() for m in rows], "summary": summary + cpu_lines(rows),
+        "started": started.isoformat(),
+        "machine": info,
+        "parameters": {
+            "instances": args.instances,
+            "big_mb": args.big_mb,
+            "runs": args.runs,
+            "only": args.only,
+            "stow_batch": 20,
+            "rtt_ms": args.rtt_ms,
+        },
+        "rows": [m.as_json() for m in rows],
+        "summary": summary + cpu_lines(rows),
     }
     path = OUT / f"results-{started:%Y%m%d-%H%M%S}.json"
     path.write_text(json.dumps(result, indent=2, default=str))
     shutil.copyfile(path, OUT / "latest.json")
     print(f"\nJSON: {path}")
-    return 1 if any(m.error and not m.runs and "not written yet" not in m.error
-                    and "NotImplementedError" not in m.error for m in rows) else 0
+    return (
+        1
+        if any(
+            m.error
+            and not m.runs
+            and "not written yet" not in m.error
+            and "NotImplementedError" not in m.error
+            for m in rows
+        )
+        else 0
+    )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,13 @@ def _run_batches(
         return sum(pool.map(post, work))
 
 
-def stow_generator(base_url: str, instances: Sequence[Instance], batch: int, concurrency: int,
-                   timeout: float = 600.0) -> int:
+def stow_generator(
+    base_url: str,
+    instances: Sequence[Instance],
+    batch: int,
+    concurrency: int,
+    timeout: float = 600.0,
+) -> int:
     """POST ``{base_url}/studies`` per batch with a generator body; returns instances stored."""
     local = threading.local()
     sessions: list[requests.Session] = []
@@ -70,8 +75,9 @@ def stow_generator(base_url: str, instances: Sequence[Instance], batch: int, con
             "Accept": "application/dicom+json",
         }
         body = _multipart([i.path for i in items], boundary)
-        with session.post(f"{base_url}/studies", data=body, headers=headers,
-                          timeout=(10, timeout)) as r:
+        with session.post(
+            f"{base_url}/studies", data=body, headers=headers, timeout=(10, timeout)
+        ) as r:
             if r.status_code != 200:
                 raise RuntimeError(f"STOW-RS answered {r.status_code}: {r.text[:300]}")
             answer = r.json()
@@ -95,22 +101,31 @@ def stow_client_available() -> str | None:
     return None
 
 
-def stow_with_client(base_url: str, instances: Sequence[Instance], batch: int, concurrency: int,
-                     timeout: float = 600.0) -> int:
+def stow_with_client(
+    base_url: str,
+    instances: Sequence[Instance],
+    batch: int,
+    concurrency: int,
+    timeout: float = 600.0,
+) -> int:
     """The same batches through ``adapter.dicomweb.stow.StowClient.store_instances``."""
     from adapter.dicomweb.session import AuthSettings, SessionSettings, build_session
     from adapter.dicomweb.stow import StowClient, StowItem
 
-    session = build_session(SessionSettings(
-        base_url=base_url, auth=AuthSettings(kind="none"), read_timeout=timeout,
-        pool_size=max(4, concurrency),
-    ))
+    session = build_session(
+        SessionSettings(
+            base_url=base_url,
+            auth=AuthSettings(kind="none"),
+            read_timeout=timeout,
+            pool_size=max(4, concurrency),
+        )
+    )
     client = StowClient(session, base_url)
 
     def post(items: list[Instance]) -> int:
-        outcomes = client.store_instances([
-            StowItem(i.path, i.sop_class_uid, i.sop_instance_uid, i.study_uid) for i in items
-        ])
+        outcomes = client.store_instances(
+            [StowItem(i.path, i.sop_class_uid, i.sop_instance_uid, i.study_uid) for i in items]
+        )
         failed = [o for o in outcomes.values() if not o.stored]
         if failed:
             raise RuntimeError(f"StowClient: {len(failed)} not stored, e.g. {failed[0]}")

@@ -46,8 +46,12 @@ def _store(event: Any, url: str) -> int:
         "Accept": "application/dicom+json",
     }
     try:
-        r = session.post(f"{url}/studies", data=_body(event.dataset_path, boundary),
-                         headers=headers, timeout=(10, 120))
+        r = session.post(
+            f"{url}/studies",
+            data=_body(event.dataset_path, boundary),
+            headers=headers,
+            timeout=(10, 120),
+        )
     except requests.RequestException:
         return 0xA700
     return 0x0000 if r.status_code == 200 else 0xA700
@@ -60,9 +64,11 @@ def main(argv: list[str]) -> int:
     ae.supported_contexts = AllStoragePresentationContexts
     ae.add_supported_context(Verification)
     ae.maximum_associations = 32
-    server = ae.start_server(("127.0.0.1", port), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, _store, [url]),
-                                           (evt.EVT_CONN_OPEN, _nodelay)])
+    server = ae.start_server(
+        ("127.0.0.1", port),
+        block=False,
+        evt_handlers=[(evt.EVT_C_STORE, _store, [url]), (evt.EVT_CONN_OPEN, _nodelay)],
+    )
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     done.wait()
