@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -20,18 +20,6 @@ from adapter.config_types import ConfigModel
 
 __all__ = ["OPTIONS", "DeidentifyStageConfig", "PrivateKeepRule", "UidConfig", "parse_tag"]
 
-#: The profile options of PS3.15 Table E.1-1 that take effect through its columns.
-OPTIONS = (
-    "retain_uids",
-    "retain_device_identity",
-    "retain_institution_identity",
-    "retain_patient_characteristics",
-    "retain_longitudinal_full_dates",
-    "retain_longitudinal_modified_dates",
-    "clean_descriptors",
-    "clean_structured_content",
-    "clean_graphics",
-)
 Option = Literal[
     "retain_uids",
     "retain_device_identity",
@@ -43,6 +31,8 @@ Option = Literal[
     "clean_structured_content",
     "clean_graphics",
 ]
+#: The profile options of PS3.15 Table E.1-1 that take effect through its columns.
+OPTIONS: tuple[Option, ...] = get_args(Option)
 _HEX_GROUP = re.compile(r"^[0-9A-Fa-f]{4}$")
 _HEX_BYTE = re.compile(r"^[0-9A-Fa-f]{2}$")
 _HEX_TAG = re.compile(r"^[0-9A-Fa-f]{1,8}$")

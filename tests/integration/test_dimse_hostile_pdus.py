@@ -13,6 +13,7 @@ import socket
 import struct
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -31,20 +32,27 @@ pytestmark = pytest.mark.integration
 AET = "IMPORTADAPTER"
 
 
-@pytest.fixture(scope="module")
-def adapter(
-    orthanc: OrthancPeer, tmp_path_factory: pytest.TempPathFactory
+def _running_adapter(
+    orthanc: OrthancPeer, tmp_path_factory: pytest.TempPathFactory, name: str, **dimse: Any
 ) -> Iterator[AdapterProcess]:
+    """An importer in front of ``orthanc`` with ``dimse`` settings, stopped afterwards."""
     config = {
         "dicomweb": {"url": orthanc.dicomweb_url, "auth": {"kind": "none"}},
         "retry": {"max_attempts": 0, "initial_delay": 0.1, "max_delay": 0.5},
-        "importer": {"dimse": {"ae_title": AET, "allowed_calling_aets": ["RAWSCU"]}},
+        "importer": {"dimse": {"ae_title": AET, **dimse}},
     }
-    proc = AdapterProcess(config, tmp_path_factory.mktemp("pdus"), name="pdus").start()
+    proc = AdapterProcess(config, tmp_path_factory.mktemp(name), name=name).start()
     try:
         yield proc
     finally:
         proc.terminate()
+
+
+@pytest.fixture(scope="module")
+def adapter(
+    orthanc: OrthancPeer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AdapterProcess]:
+    yield from _running_adapter(orthanc, tmp_path_factory, "pdus", allowed_calling_aets=["RAWSCU"])
 
 
 def spooled(adapter: AdapterProcess) -> list[Path]:
@@ -221,17 +229,7 @@ def test_a_well_formed_store_on_the_same_listener_succeeds(
 def pynetdicom_adapter(
     orthanc: OrthancPeer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[AdapterProcess]:
-    config = {
-        "dicomweb": {"url": orthanc.dicomweb_url, "auth": {"kind": "none"}},
-        "retry": {"max_attempts": 0, "initial_delay": 0.1, "max_delay": 0.5},
-        "importer": {"dimse": {"ae_title": AET, "native_storage": False}},
-    }
-    workdir = tmp_path_factory.mktemp("pdus-pynetdicom")
-    proc = AdapterProcess(config, workdir, name="pdus-pynetdicom").start()
-    try:
-        yield proc
-    finally:
-        proc.terminate()
+    yield from _running_adapter(orthanc, tmp_path_factory, "pdus-pynetdicom", native_storage=False)
 
 
 def _command(sop_instance: str, field: int = 0x0001) -> bytes:
