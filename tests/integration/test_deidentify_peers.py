@@ -21,13 +21,13 @@ from tests.peers import dcmtk
 from tests.peers.adapter_proc import AdapterProcess
 from tests.peers.datasets import compress, make_ct_series, make_mr_instance, make_secondary_capture
 from tests.peers.orthanc import OrthancPeer
-from tests.peers.ports import free_port, is_listening
+from tests.peers.ports import free_port
 from tests.peers.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
 AET = "IMPORTADAPTER"
-LEGACY_HEALTH_PORT = 8080
+HEALTH_PORT_ENV = "DICOM_ADAPTER_HEALTH_PORT"  # a free port, not the legacy default 8080
 CLI = [sys.executable, "-m", "adapter.cli"]
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 #: The processing flags of the legacy run; transcoding (--store_compress_to_transfer_syntax)
@@ -66,14 +66,14 @@ def start_legacy(tmp_path: Path) -> Iterator[Callable[..., AdapterProcess]]:
 
     def start(*flags: str) -> AdapterProcess:
         port = free_port()
-        wait_until(lambda: not is_listening(LEGACY_HEALTH_PORT), 30, what="the legacy port")
         argv = [
             f"--dimse_aet={AET}",
             f"--dimse_port={port}",
             f"--persistent_file_storage_location={tmp_path / 'legacy' / 'spool'}",
             *flags,
         ]
-        proc = AdapterProcess(None, tmp_path, argv=argv, dimse_port=port, name="legacy")
+        env = {HEALTH_PORT_ENV: str(free_port())}
+        proc = AdapterProcess(None, tmp_path, argv=argv, dimse_port=port, name="legacy", env=env)
         started.append(proc)
         return proc.start()
 

@@ -15,14 +15,15 @@ from tests.peers import dcmtk
 from tests.peers.adapter_proc import AdapterProcess
 from tests.peers.datasets import make_ct_series
 from tests.peers.orthanc import OrthancPeer
-from tests.peers.ports import free_port, is_listening
-from tests.peers.wait import wait_until
+from tests.peers.ports import free_port
 
 pytestmark = pytest.mark.integration
 
 AET = "IMPORTADAPTER"
 MAMMOGRAPHY = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image, For Presentation
-LEGACY_HEALTH_PORT = 8080  # the Java flags have no health port: the default is bound
+#: The Java flags have no health port; a free one through the environment, so that legacy runs
+#: elsewhere on the box (which bind the default 8080) do not collide with these.
+HEALTH_PORT_ENV = "DICOM_ADAPTER_HEALTH_PORT"
 
 
 @pytest.fixture
@@ -32,11 +33,6 @@ def start_legacy(tmp_path: Path) -> Iterator[Callable[..., AdapterProcess]]:
 
     def start(*flags: str, env: dict[str, str] | None = None) -> AdapterProcess:
         port = free_port()
-        wait_until(
-            lambda: not is_listening(LEGACY_HEALTH_PORT),
-            30,
-            what=f"port {LEGACY_HEALTH_PORT} (legacy health) to be free",
-        )
         name = f"legacy{len(started)}"
         argv = [
             f"--dimse_aet={AET}",
@@ -44,6 +40,7 @@ def start_legacy(tmp_path: Path) -> Iterator[Callable[..., AdapterProcess]]:
             f"--persistent_file_storage_location={tmp_path / name / 'spool'}",
             *flags,
         ]
+        env = {HEALTH_PORT_ENV: str(free_port()), **(env or {})}
         proc = AdapterProcess(None, tmp_path, argv=argv, dimse_port=port, name=name, env=env)
         started.append(proc)
         return proc.start()

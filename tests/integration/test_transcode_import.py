@@ -21,15 +21,16 @@ from tests.peers.datasets import (
     make_secondary_capture,
 )
 from tests.peers.orthanc import OrthancPeer
-from tests.peers.ports import free_port, is_listening
-from tests.peers.wait import wait_until
+from tests.peers.ports import free_port
 
 pytestmark = pytest.mark.integration
 
 AET = "IMPORTADAPTER"
 J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
-LEGACY_HEALTH_PORT = 8080
+#: Java flags have no health port; a free one through the environment, so that legacy runs
+#: elsewhere on the box (which bind the default 8080) do not collide with these.
+HEALTH_PORT_ENV = "DICOM_ADAPTER_HEALTH_PORT"
 
 
 @pytest.fixture
@@ -38,11 +39,6 @@ def start_legacy(tmp_path: Path) -> Iterator[Callable[..., AdapterProcess]]:
 
     def start(*flags: str) -> AdapterProcess:
         port = free_port()
-        wait_until(
-            lambda: not is_listening(LEGACY_HEALTH_PORT),
-            30,
-            what=f"port {LEGACY_HEALTH_PORT} (legacy health) to be free",
-        )
         name = f"legacy{len(started)}"
         argv = [
             f"--dimse_aet={AET}",
@@ -50,7 +46,8 @@ def start_legacy(tmp_path: Path) -> Iterator[Callable[..., AdapterProcess]]:
             f"--persistent_file_storage_location={tmp_path / name / 'spool'}",
             *flags,
         ]
-        proc = AdapterProcess(None, tmp_path, argv=argv, dimse_port=port, name=name)
+        env = {HEALTH_PORT_ENV: str(free_port())}
+        proc = AdapterProcess(None, tmp_path, argv=argv, dimse_port=port, name=name, env=env)
         started.append(proc)
         return proc.start()
 
