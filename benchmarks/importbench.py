@@ -30,6 +30,7 @@ from benchmarks.procs import (
     fresh_dir,
     fresh_orthanc,
     own_cpu_seconds,
+    pin_tasks,
     poll,
     run_storescu,
     run_storescu_groups,
@@ -123,6 +124,22 @@ class ImportBench:
     workdir: Path
     runs: int
     profile_dir: Path | None = None
+    store_cpus: set[int] | None = None  # pin the stores (Orthanc) there: their own cores
+    store_root: Path | None = None  # the stores' storage there (e.g. a tmpfs): their own disk
+
+    def _store(self, workdir: Path) -> OrthancPeer:
+        """A fresh Orthanc, placed on its own CPUs and storage when the bench says so."""
+        if self.store_root is not None:
+            workdir = fresh_dir(self.store_root / f"{workdir.parent.name}-{workdir.name}")
+        peer = fresh_orthanc(workdir)
+        if self.store_cpus is not None and peer.pid is not None:
+            pin_tasks(peer.pid, self.store_cpus)
+        return peer
+
+    def _drop_store(self, peer: OrthancPeer) -> None:
+        peer.cleanup()
+        if self.store_root is not None:
+            shutil.rmtree(peer.workdir, ignore_errors=True)
 
     def _tmp(self, name: str) -> Path:
         return fresh_dir(self.workdir / name)
@@ -218,7 +235,7 @@ class ImportBench:
 
         def once(i: int) -> Timed:
             tmp = self._tmp(f"orthanc-{key}-{i}")
-            peer = fresh_orthanc(tmp)
+            peer = self._store(tmp)
             proxy: ProxyProcess | None = None
             try:
                 url = peer.dicomweb_url
@@ -243,7 +260,7 @@ class ImportBench:
             finally:
                 if proxy is not None:
                     proxy.stop()
-                peer.cleanup()
+                self._drop_store(peer)
 
         return measure(key, label, n, series.total_bytes, self.runs, once)
 
@@ -391,8 +408,8 @@ class ImportBench:
         def once(i: int) -> Timed:
             tmp = self._tmp(f"{key}-{i}")
             say(f"{key}: starting Orthanc and dicom-adapter")
-            peer = fresh_orthanc(tmp / "orthanc")
-            second = fresh_orthanc(tmp / "orthanc2") if fan_out else None
+            peer = self._store(tmp / "orthanc")
+            second = self._store(tmp / "orthanc2") if fan_out else None
             adapter: AdapterProcess | None = None
             spy: PySpy | None = None
             proxy: ProxyProcess | None = None
@@ -458,9 +475,9 @@ class ImportBench:
                     proxy.stop()
                 if hole is not None:
                     hole.close()
-                peer.cleanup()
+                self._drop_store(peer)
                 if second is not None:
-                    second.cleanup()
+                    self._drop_store(second)
                 shutil.rmtree(tmp, ignore_errors=True)
 
         return measure(key, label, n, series.total_bytes, self.runs, once)

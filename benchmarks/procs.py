@@ -296,6 +296,19 @@ def cpu_seconds(pid: int) -> float:
     return total / _CLK_TCK
 
 
+def pin_tasks(pid: int, cpus: set[int]) -> int:
+    """Restrict every thread of ``pid`` and of its descendants to ``cpus`` (threads they start
+    later inherit it); returns how many threads were pinned."""
+    pinned = 0
+    for p in [pid, *_descendants(pid)]:
+        with contextlib.suppress(OSError), os.scandir(f"/proc/{p}/task") as tasks:
+            for t in tasks:
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(t.name), cpus)
+                    pinned += 1
+    return pinned
+
+
 def own_cpu_seconds() -> float:
     """This process's user + system CPU seconds (all threads)."""
     t = os.times()
