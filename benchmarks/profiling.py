@@ -29,6 +29,8 @@ class PySpy:
 
     #: also sample threads that wait (sleep, lock, fsync...): a wall-clock view
     idle: bool = False
+    #: only the thread holding the GIL: what keeps a GIL-bound process at one core
+    gil: bool = False
 
     def __init__(self, pid: int, out: Path, rate: int = 100) -> None:
         self.pid = pid
@@ -60,6 +62,7 @@ class PySpy:
                     "-o",
                     str(self.out),
                     *(["--idle"] if self.idle else []),
+                    *(["--gil"] if self.gil else []),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

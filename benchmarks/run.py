@@ -246,6 +246,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="with --profile: sample waiting threads too (wall-clock view)",
     )
     p.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="with --profile: sample only the thread holding the GIL",
+    )
+    p.add_argument(
         "--pacs-serial",
         action="store_true",
         help="export to a storescp without --fork (one association at a time)",
@@ -278,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     say(f"data: {args.instances} CT instances, {args.big_mb} MiB multi-frame; runs: {args.runs}")
     PySpy.idle = args.profile_idle
+    PySpy.gil = args.profile_gil
     AdapterProcess.log_level = args.adapter_log_level
     AdapterProcess.logs_dir = OUT / "logs"
     cache = OUT / "data"
