@@ -20,7 +20,7 @@ import numpy as np
 import pydicom
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.pixels.encoders.base import get_encoder
-from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
+from pydicom.uid import UID, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -49,19 +49,19 @@ def pydicom_row(ds: pydicom.Dataset, ts: str, plugin: str, repeat: int) -> str:
     ms = (time.process_time() - t) / repeat * 1000
     copy = ds.copy()
     copy.PixelData = encapsulate([out])
-    copy.file_meta.TransferSyntaxUID = ts
+    copy.file_meta.TransferSyntaxUID = UID(ts)
     equal = np.array_equal(copy.pixel_array, arr)
     return f"{plugin:10s} {ms:8.1f} ms  ratio {arr.nbytes / len(out):5.2f}  lossless={equal}"
 
 
 def gdcm_row(path: Path, ts: str, repeat: int, work: Path) -> str:
-    import gdcm
+    import gdcm  # type: ignore[import-untyped]
 
     syntax = {
         JPEG2000Lossless: gdcm.TransferSyntax.JPEG2000Lossless,
         JPEGLSLossless: gdcm.TransferSyntax.JPEGLSLossless,
         RLELossless: gdcm.TransferSyntax.RLELossless,
-    }[ts]
+    }[UID(ts)]
     total = 0.0
     out = work / "gdcm.dcm"
     for _ in range(repeat):

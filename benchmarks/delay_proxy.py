@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import io
 import signal
 import sys
 import threading
@@ -63,7 +64,7 @@ class _Counters:
 class _UpstreamBody:
     """The client's request body as a file-like object http.client streams upstream."""
 
-    def __init__(self, rfile: IO[bytes], length: int | None) -> None:
+    def __init__(self, rfile: io.BufferedIOBase | IO[bytes], length: int | None) -> None:
         self.rfile = rfile
         self.left = length  # None: chunked
         self._chunk_left = 0
@@ -217,7 +218,7 @@ class DelayProxy:
         if out_length is None:
             h.wfile.write(b"0\r\n\r\n")
         h.wfile.flush()
-        if answer.will_close:
+        if answer.will_close and conn is not None:
             conn.close()
             h.upstream_conn = None  # type: ignore[attr-defined]
 

@@ -134,6 +134,10 @@ class PubSubEmulator:
         if self.proc is not None:
             stop_process(self.proc, timeout=10)
 
+    def cpu_seconds(self) -> float:
+        """The emulator's CPU seconds so far (the JVM and anything it started)."""
+        return cpu_seconds(self.proc.pid) if self.proc is not None else 0.0
+
     @contextmanager
     def environment(self) -> Iterator[None]:
         """PUBSUB_EMULATOR_HOST for our clients (and the adapter, which inherits os.environ)."""
@@ -186,7 +190,7 @@ class ExportBench:
             for p in files.iterdir():
                 p.unlink()
             assert peer.pid is not None
-            cpu0 = (own_cpu_seconds(), cpu_seconds(peer.pid))
+            cpu0 = (own_cpu_seconds(), cpu_seconds(peer.pid), scp.cpu_seconds())
             t0 = time.monotonic()
             with requests.Session() as session, ThreadPoolExecutor(HAND_WADO) as pool:
                 paths = [files / f"{k:05d}.dcm" for k in range(n)]
@@ -210,6 +214,7 @@ class ExportBench:
                     "wado_seconds": fetched - t0,
                     "client_cpu_s": own_cpu_seconds() - cpu0[0],
                     "orthanc_cpu_s": cpu_seconds(peer.pid) - cpu0[1],
+                    "pacs_cpu_s": scp.cpu_seconds() - cpu0[2],
                 },
             )
 
@@ -285,7 +290,8 @@ class ExportBench:
                 idle0 = cpu_seconds(adapter.pid)
                 time.sleep(IDLE_WINDOW)  # subscribed, no association open yet
                 idle_before = (cpu_seconds(adapter.pid) - idle0) / IDLE_WINDOW
-                cpu0 = (cpu_seconds(adapter.pid), cpu_seconds(peer.pid))
+                cpu0 = (cpu_seconds(adapter.pid), cpu_seconds(peer.pid), scp.cpu_seconds())
+                emulator_cpu0 = emulator.cpu_seconds()
                 t0 = time.monotonic()
                 futures = [
                     publisher.publish(topic, notification_path(x).encode(), action="create")
@@ -310,6 +316,8 @@ class ExportBench:
                 elapsed = time.monotonic() - t0
                 extra["adapter_cpu_s"] = cpu_seconds(adapter.pid) - cpu0[0]
                 extra["orthanc_cpu_s"] = cpu_seconds(peer.pid) - cpu0[1]
+                extra["pacs_cpu_s"] = scp.cpu_seconds() - cpu0[2]
+                extra["emulator_cpu_s"] = emulator.cpu_seconds() - emulator_cpu0
                 # Nothing left to do, pooled associations still open: what does idling cost?
                 idle0 = cpu_seconds(adapter.pid)
                 time.sleep(IDLE_WINDOW)

@@ -87,6 +87,10 @@ class StoreScp:
     def output_dir(self) -> Path:
         return self.workdir / "received"
 
+    def cpu_seconds(self) -> float:
+        """storescp's CPU seconds so far, its live and its finished (--fork) children's included."""
+        return cpu_seconds(self.proc.pid, reaped=True) if self.proc is not None else 0.0
+
     def start(self) -> StoreScp:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         for _attempt in range(3):
@@ -286,13 +290,17 @@ def _status_kib(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process and its live descendants (/proc/PID/stat)."""
+def cpu_seconds(pid: int, reaped: bool = False) -> float:
+    """User + system CPU seconds of a live process and its live descendants (/proc/PID/stat);
+    ``reaped``: also what its children that have ended and been waited for used (a forking
+    server's finished associations)."""
     total = 0
     for p in [pid, *_descendants(pid)]:
         with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{p}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
             total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+            if reaped:
+                total += int(fields[13]) + int(fields[14])  # cutime, cstime (16 and 17)
     return total / _CLK_TCK
 
 

@@ -123,7 +123,7 @@ def cpu_lines(rows: list[Measurement]) -> list[str]:
         if not m.median:
             continue
         parts = []
-        for name in ("client", "scp", "adapter", "orthanc"):
+        for name in ("client", "scp", "adapter", "orthanc", "pacs", "emulator"):
             cpu = m.extra_median(f"{name}_cpu_s")
             if cpu is not None:
                 parts.append(f"{name} {cpu / m.median:.2f}")

@@ -97,7 +97,7 @@ def _same_frames(src: Path, out: Path) -> bool:
     measured span)."""
     import numpy as np
     from pydicom import dcmread
-    from pydicom.pixels import iter_pixels
+    from pydicom.pixels.utils import iter_pixels
 
     frames = int(dcmread(src, stop_before_pixels=True).get("NumberOfFrames", 1))
     indices = sorted({0, frames // 2, frames - 1})
