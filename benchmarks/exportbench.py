@@ -290,8 +290,12 @@ class ExportBench:
                 idle0 = cpu_seconds(adapter.pid)
                 time.sleep(IDLE_WINDOW)  # subscribed, no association open yet
                 idle_before = (cpu_seconds(adapter.pid) - idle0) / IDLE_WINDOW
-                cpu0 = (cpu_seconds(adapter.pid), cpu_seconds(peer.pid), scp.cpu_seconds())
-                emulator_cpu0 = emulator.cpu_seconds()
+                cpu0 = (
+                    cpu_seconds(adapter.pid),
+                    cpu_seconds(peer.pid),
+                    scp.cpu_seconds(),
+                    emulator.cpu_seconds(),
+                )
                 t0 = time.monotonic()
                 futures = [
                     publisher.publish(topic, notification_path(x).encode(), action="create")
@@ -317,7 +321,7 @@ class ExportBench:
                 extra["adapter_cpu_s"] = cpu_seconds(adapter.pid) - cpu0[0]
                 extra["orthanc_cpu_s"] = cpu_seconds(peer.pid) - cpu0[1]
                 extra["pacs_cpu_s"] = scp.cpu_seconds() - cpu0[2]
-                extra["emulator_cpu_s"] = emulator.cpu_seconds() - emulator_cpu0
+                extra["emulator_cpu_s"] = emulator.cpu_seconds() - cpu0[3]
                 # Nothing left to do, pooled associations still open: what does idling cost?
                 idle0 = cpu_seconds(adapter.pid)
                 time.sleep(IDLE_WINDOW)

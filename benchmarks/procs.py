@@ -304,17 +304,14 @@ def cpu_seconds(pid: int, reaped: bool = False) -> float:
     return total / _CLK_TCK
 
 
-def pin_tasks(pid: int, cpus: set[int]) -> int:
+def pin_tasks(pid: int, cpus: set[int]) -> None:
     """Restrict every thread of ``pid`` and of its descendants to ``cpus`` (threads they start
-    later inherit it); returns how many threads were pinned."""
-    pinned = 0
+    later inherit it)."""
     for p in [pid, *_descendants(pid)]:
         with contextlib.suppress(OSError), os.scandir(f"/proc/{p}/task") as tasks:
             for t in tasks:
                 with contextlib.suppress(OSError):
                     os.sched_setaffinity(int(t.name), cpus)
-                    pinned += 1
-    return pinned
 
 
 def own_cpu_seconds() -> float:

@@ -18,7 +18,7 @@ import pytest
 
 from adapter.stages.deid_uids import name_based_uid
 from tests.peers import dcmtk
-from tests.peers.adapter_proc import AdapterProcess
+from tests.peers.adapter_proc import AdapterProcess, legacy_health_env
 from tests.peers.datasets import compress, make_ct_series, make_mr_instance, make_secondary_capture
 from tests.peers.orthanc import OrthancPeer
 from tests.peers.ports import free_port
@@ -27,7 +27,6 @@ from tests.peers.wait import wait_until
 pytestmark = pytest.mark.integration
 
 AET = "IMPORTADAPTER"
-HEALTH_PORT_ENV = "DICOM_ADAPTER_HEALTH_PORT"  # a free port, not the legacy default 8080
 CLI = [sys.executable, "-m", "adapter.cli"]
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 #: The processing flags of the legacy run; transcoding (--store_compress_to_transfer_syntax)
@@ -72,7 +71,7 @@ def start_legacy(tmp_path: Path) -> Iterator[Callable[..., AdapterProcess]]:
             f"--persistent_file_storage_location={tmp_path / 'legacy' / 'spool'}",
             *flags,
         ]
-        env = {HEALTH_PORT_ENV: str(free_port())}
+        env = legacy_health_env()
         proc = AdapterProcess(None, tmp_path, argv=argv, dimse_port=port, name="legacy", env=env)
         started.append(proc)
         return proc.start()

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 
 from tests.peers import dcmtk
-from tests.peers.adapter_proc import AdapterProcess
+from tests.peers.adapter_proc import AdapterProcess, legacy_health_env
 from tests.peers.datasets import make_ct_series
 from tests.peers.orthanc import OrthancPeer
 from tests.peers.ports import free_port
@@ -21,9 +21,6 @@ pytestmark = pytest.mark.integration
 
 AET = "IMPORTADAPTER"
 MAMMOGRAPHY = "1.2.840.10008.5.1.4.1.1.1.2"  # Digital Mammography X-Ray Image, For Presentation
-#: The Java flags have no health port; a free one through the environment, so that legacy runs
-#: elsewhere on the box (which bind the default 8080) do not collide with these.
-HEALTH_PORT_ENV = "DICOM_ADAPTER_HEALTH_PORT"
 
 
 @pytest.fixture
@@ -40,7 +37,7 @@ def start_legacy(tmp_path: Path) -> Iterator[Callable[..., AdapterProcess]]:
             f"--persistent_file_storage_location={tmp_path / name / 'spool'}",
             *flags,
         ]
-        env = {HEALTH_PORT_ENV: str(free_port()), **(env or {})}
+        env = {**legacy_health_env(), **(env or {})}
         proc = AdapterProcess(None, tmp_path, argv=argv, dimse_port=port, name=name, env=env)
         started.append(proc)
         return proc.start()

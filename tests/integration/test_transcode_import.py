@@ -13,7 +13,7 @@ import pydicom
 import pytest
 
 from tests.peers import dcmtk
-from tests.peers.adapter_proc import AdapterProcess
+from tests.peers.adapter_proc import AdapterProcess, legacy_health_env
 from tests.peers.datasets import (
     compress,
     make_ct_series,
@@ -28,9 +28,6 @@ pytestmark = pytest.mark.integration
 AET = "IMPORTADAPTER"
 J2K_LOSSLESS = "1.2.840.10008.1.2.4.90"
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
-#: Java flags have no health port; a free one through the environment, so that legacy runs
-#: elsewhere on the box (which bind the default 8080) do not collide with these.
-HEALTH_PORT_ENV = "DICOM_ADAPTER_HEALTH_PORT"
 
 
 @pytest.fixture
@@ -46,7 +43,7 @@ def start_legacy(tmp_path: Path) -> Iterator[Callable[..., AdapterProcess]]:
             f"--persistent_file_storage_location={tmp_path / name / 'spool'}",
             *flags,
         ]
-        env = {HEALTH_PORT_ENV: str(free_port())}
+        env = legacy_health_env()
         proc = AdapterProcess(None, tmp_path, argv=argv, dimse_port=port, name=name, env=env)
         started.append(proc)
         return proc.start()

@@ -29,10 +29,17 @@ from typing import Any
 import requests
 import yaml
 
+from adapter.legacy_flags import OWN_ENV
 from tests.peers.ports import LOOPBACK, free_port, is_listening
 from tests.peers.wait import WaitAbortedError, describe_exit, spawn, stop_process, tail, wait_until
 
 __all__ = ["AdapterProcess", "AdapterProcessError"]
+
+
+def legacy_health_env() -> dict[str, str]:
+    """The environment that gives a legacy-flag run (Java flags have no health port) a free
+    health port instead of the default 8080, which other legacy runs on the box may hold."""
+    return {OWN_ENV["health_port"]: str(free_port())}
 
 
 class AdapterProcessError(RuntimeError):
